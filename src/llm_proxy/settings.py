@@ -1,0 +1,492 @@
+"""Every setting of llm-proxy, declared once: environment name, type, default and a one-line doc.
+
+Precedence, highest first: command-line flag > process environment > `.env` file > default.
+The CLI applies flags by writing them into the mapping handed to `load_settings`, and loads the
+`.env` file without overriding variables that are already set. Nothing outside this module reads
+`os.environ`.
+
+Parsing is strict: an invalid value is a start-up error naming the variable (the predecessor
+silently fell back to defaults). `load_settings` collects every problem and raises one
+`ConfigError` listing them all, one line each.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from llm_proxy.errors import ConfigError
+
+T = TypeVar("T")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "t", "true", "yes", "y", "on"}:
+        return True
+    if value in {"0", "f", "false", "no", "n", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {raw!r}")
+
+
+def parse_duration(raw: str) -> float:
+    """Go-style durations (`30s`, `1m30s`, `250ms`) or a plain number of seconds."""
+    text = raw.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ValueError(f"expected a duration like 30s, 5m or 1h30m, got {raw!r}") from None
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative, got {raw!r}")
+    return seconds
+
+
+def parse_size(raw: str) -> int:
+    """Byte sizes: `1048576`, `10MB`, `64KiB`."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", raw)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size like 1048576, 64KB or 10MB, got {raw!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+
+
+def parse_non_negative_int(raw: str) -> int:
+    value = parse_int(raw)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def parse_positive_int(raw: str) -> int:
+    value = parse_int(raw)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def parse_encryption_key(raw: str) -> bytes | None:
+    if not raw.strip():
+        return None
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be standard base64 (generate one with: openssl rand -base64 32)") from None
+    if len(key) != 32:
+        raise ValueError(f"must decode to exactly 32 bytes, got {len(key)}")
+    return key
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: where it lands, how it parses, its default and its doc."""
+
+    env: str
+    field: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+
+
+def _load_section(cls: type[T], catalogue: tuple[Var, ...], env: Mapping[str, str],
+                  problems: list[str]) -> T:
+    values: dict[str, Any] = {}
+    for var in catalogue:
+        raw = env.get(var.env)
+        if raw is None:
+            values[var.field] = var.default
+            continue
+        try:
+            values[var.field] = var.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{var.env}: {exc}")
+            values[var.field] = var.default
+    return cls(**values)
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen_addr: str
+    management_token: str
+    request_timeout: float
+    max_request_size: int
+    api_config_path: str
+    default_api_provider: str
+    openai_api_url: str
+    enforce_project_active: bool
+    token_cache_ttl: float
+    token_cache_max: int
+    api_key_cache_ttl: float
+    api_key_cache_max: int
+    shutdown_timeout: float
+    pid_file: str
+    trusted_proxy_headers: bool
+    workers: int
+
+
+SERVER_VARS: tuple[Var, ...] = (
+    Var("LISTEN_ADDR", "listen_addr", parse_str, ":8080", "Address the server listens on (host:port or :port)."),
+    Var("MANAGEMENT_TOKEN", "management_token", parse_str, "", "Bearer token of the management API (required)."),
+    Var("REQUEST_TIMEOUT", "request_timeout", parse_duration, 120.0,
+        "Default upstream timeout for non-streamed responses; a provider's timeouts.request overrides it."),
+    Var("MAX_REQUEST_SIZE", "max_request_size", parse_size, 10 * 1024 * 1024,
+        "Largest accepted request body; bigger bodies get 413."),
+    Var("API_CONFIG_PATH", "api_config_path", parse_str, "./config/api_providers.yaml",
+        "Provider file (YAML); when absent a built-in OpenAI provider is used."),
+    Var("DEFAULT_API_PROVIDER", "default_api_provider", parse_str, "openai",
+        "Provider used for /v1/* (falls back to the file's default_api)."),
+    Var("OPENAI_API_URL", "openai_api_url", parse_str, "https://api.openai.com",
+        "Base URL of the built-in OpenAI provider."),
+    Var("LLM_PROXY_ENFORCE_PROJECT_ACTIVE", "enforce_project_active", parse_bool, True,
+        "Reject calls of inactive projects with 403 project_inactive."),
+    Var("LLM_PROXY_TOKEN_CACHE_TTL", "token_cache_ttl", parse_duration, 5.0,
+        "How long a worker trusts a validated token before re-reading it (other workers' revocations)."),
+    Var("LLM_PROXY_TOKEN_CACHE_MAX", "token_cache_max", parse_non_negative_int, 10000,
+        "Maximum cached tokens per worker (0 disables the cache)."),
+    Var("LLM_PROXY_API_KEY_CACHE_TTL", "api_key_cache_ttl", parse_duration, 30.0,
+        "How long a worker caches a project's decrypted upstream key (0 disables)."),
+    Var("LLM_PROXY_API_KEY_CACHE_MAX", "api_key_cache_max", parse_non_negative_int, 10000,
+        "Maximum cached upstream keys per worker (0 disables)."),
+    Var("SHUTDOWN_TIMEOUT", "shutdown_timeout", parse_duration, 30.0,
+        "How long SIGTERM waits for in-flight requests before closing them."),
+    Var("PID_FILE", "pid_file", parse_str, "tmp/server.pid", "PID file written by `server --daemon`."),
+    Var("TRUST_PROXY_HEADERS", "trusted_proxy_headers", parse_bool, False,
+        "Take the client IP from X-Forwarded-For/X-Real-IP (only behind a trusted load balancer)."),
+    Var("WORKERS", "workers", parse_positive_int, 1, "Number of server worker processes."),
+)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    db_driver: str
+    database_path: str
+    database_url: str
+    pool_size: int
+    max_idle_conns: int
+    conn_max_lifetime: float
+    auto_migrate: bool
+
+    def url(self) -> str:
+        """SQLAlchemy async URL for the configured driver."""
+        if self.db_driver == "sqlite":
+            if self.database_path == ":memory:":
+                return "sqlite+aiosqlite:///:memory:"
+            return f"sqlite+aiosqlite:///{self.database_path}"
+        url = self.database_url
+        for prefix, replacement in _ASYNC_URL_PREFIXES[self.db_driver]:
+            if url.startswith(prefix):
+                return replacement + url[len(prefix):]
+        return url
+
+
+_ASYNC_URL_PREFIXES = {
+    "postgres": (("postgresql+asyncpg://", "postgresql+asyncpg://"),
+                 ("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://")),
+    "mysql": (("mysql+aiomysql://", "mysql+aiomysql://"), ("mysql://", "mysql+aiomysql://"),
+              ("mariadb://", "mysql+aiomysql://")),
+}
+
+STORAGE_VARS: tuple[Var, ...] = (
+    Var("DB_DRIVER", "db_driver", parse_choice("sqlite", "postgres", "mysql"), "sqlite",
+        "Database: sqlite, postgres or mysql (MariaDB too)."),
+    Var("DATABASE_PATH", "database_path", parse_str, "./data/llm-proxy.db", "SQLite file (directory is created)."),
+    Var("DATABASE_URL", "database_url", parse_str, "",
+        "PostgreSQL/MySQL URL, e.g. postgresql://user@127.0.0.1:5432/db or mysql://root@127.0.0.1:3306/db."),
+    Var("DATABASE_POOL_SIZE", "pool_size", parse_positive_int, 10, "Connection pool size."),
+    Var("DATABASE_MAX_IDLE_CONNS", "max_idle_conns", parse_non_negative_int, 5, "Extra connections above the pool."),
+    Var("DATABASE_CONN_MAX_LIFETIME", "conn_max_lifetime", parse_duration, 3600.0, "Recycle connections after this."),
+    Var("DATABASE_AUTO_MIGRATE", "auto_migrate", parse_bool, True, "Apply pending migrations at server start-up."),
+)
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    encryption_key: bytes | None
+    require_encryption_key: bool
+
+
+SECURITY_VARS: tuple[Var, ...] = (
+    Var("ENCRYPTION_KEY", "encryption_key", parse_encryption_key, None,
+        "Base64 of 32 bytes; upstream API keys are stored AES-256-GCM encrypted with it."),
+    Var("REQUIRE_ENCRYPTION_KEY", "require_encryption_key", parse_bool, False,
+        "Refuse to start without ENCRYPTION_KEY."),
+)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str
+    format: str
+    file: str
+
+
+LOG_VARS: tuple[Var, ...] = (
+    Var("LOG_LEVEL", "level", parse_choice("debug", "info", "warn", "warning", "error"), "info", "Log level."),
+    Var("LOG_FORMAT", "format", parse_choice("json", "console", "text"), "json",
+        "json (one object per line) or console/text (readable)."),
+    Var("LOG_FILE", "file", parse_str, "", "Append logs to this file instead of stderr."),
+)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    enabled: bool
+    log_file: str
+    create_dir: bool
+    store_in_db: bool
+
+
+AUDIT_VARS: tuple[Var, ...] = (
+    Var("AUDIT_ENABLED", "enabled", parse_bool, True, "Record management actions and proxy denials."),
+    Var("AUDIT_LOG_FILE", "log_file", parse_str, "./data/audit.log", "JSONL audit file (empty: no file)."),
+    Var("AUDIT_CREATE_DIR", "create_dir", parse_bool, True, "Create the audit file's directory."),
+    Var("AUDIT_STORE_IN_DB", "store_in_db", parse_bool, True, "Also store audit events in the database."),
+)
+
+
+@dataclass(frozen=True)
+class UsageSettings:
+    buffer_size: int
+    flush_interval: float
+    cache_stats_buffer_size: int
+
+
+USAGE_VARS: tuple[Var, ...] = (
+    Var("USAGE_STATS_BUFFER_SIZE", "buffer_size", parse_positive_int, 1000,
+        "Flush token usage counters after this many requests."),
+    Var("USAGE_STATS_FLUSH_INTERVAL", "flush_interval", parse_duration, 5.0,
+        "Flush token usage counters at least this often."),
+    Var("CACHE_STATS_BUFFER_SIZE", "cache_stats_buffer_size", parse_positive_int, 1000,
+        "Flush cache-hit counters after this many hits."),
+)
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    enabled: bool
+    buffer_size: int
+    max_request_body_bytes: int
+    max_response_body_bytes: int
+    event_bus: str
+    file_event_log: str
+    spool_dir: str
+    spool_max_bytes: int
+    client_ip: bool
+
+
+OBSERVABILITY_VARS: tuple[Var, ...] = (
+    Var("OBSERVABILITY_ENABLED", "enabled", parse_bool, True, "Turn every proxied call into an event."),
+    Var("OBSERVABILITY_BUFFER_SIZE", "buffer_size", parse_positive_int, 1000,
+        "Per-subscriber queue of the in-memory bus; publisher queue of the Redis bus."),
+    Var("OBSERVABILITY_MAX_REQUEST_BODY_BYTES", "max_request_body_bytes", parse_positive_int, 65536,
+        "Request body bytes kept in an event."),
+    Var("OBSERVABILITY_MAX_RESPONSE_BODY_BYTES", "max_response_body_bytes", parse_positive_int, 262144,
+        "Response body bytes kept in an event."),
+    Var("LLM_PROXY_EVENT_BUS", "event_bus", parse_choice("in-memory", "memory", "redis-streams", "redis"),
+        "in-memory", "Event bus: in-memory (one process) or redis-streams (alias: redis)."),
+    Var("FILE_EVENT_LOG", "file_event_log", parse_str, "", "Append every event as a JSON line to this file."),
+    Var("EVENT_SPOOL_DIR", "spool_dir", parse_str, "./data/spool",
+        "Where events wait on disk while Redis is unreachable."),
+    Var("EVENT_SPOOL_MAX_BYTES", "spool_max_bytes", parse_size, 256 * 1024 * 1024, "Bound of the spool directory."),
+    Var("OBSERVABILITY_CAPTURE_CLIENT_IP", "client_ip", parse_bool, True, "Put the client IP in events."),
+)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    addr: str
+    db: int
+    url: str
+    password: str
+    tls: bool
+    stream_key: str
+    consumer_group: str
+    consumer_name: str
+    stream_max_len: int
+    block_time: float
+    claim_time: float
+    batch_size: int
+    max_deliveries: int
+    dead_letter_key: str
+
+    def connection_url(self) -> str:
+        if self.url:
+            return self.url
+        scheme = "rediss" if self.tls else "redis"
+        auth = f":{self.password}@" if self.password else ""
+        return f"{scheme}://{auth}{self.addr}/{self.db}"
+
+
+REDIS_VARS: tuple[Var, ...] = (
+    Var("REDIS_ADDR", "addr", parse_str, "localhost:6379", "Redis host:port."),
+    Var("REDIS_DB", "db", parse_non_negative_int, 0, "Redis database index."),
+    Var("REDIS_URL", "url", parse_str, "", "Full Redis URL (redis:// or rediss://); overrides REDIS_ADDR/DB."),
+    Var("REDIS_PASSWORD", "password", parse_str, "", "Redis password."),
+    Var("REDIS_TLS", "tls", parse_bool, False, "Connect to Redis over TLS."),
+    Var("REDIS_STREAM_KEY", "stream_key", parse_str, "llm-proxy-events", "Stream of events."),
+    Var("REDIS_CONSUMER_GROUP", "consumer_group", parse_str, "", "Consumer group (dispatcher default: per service)."),
+    Var("REDIS_CONSUMER_NAME", "consumer_name", parse_str, "", "Consumer name (default: host and pid)."),
+    Var("REDIS_STREAM_MAX_LEN", "stream_max_len", parse_non_negative_int, 10000, "XADD MAXLEN ~ (0: unbounded)."),
+    Var("REDIS_STREAM_BLOCK_TIME", "block_time", parse_duration, 5.0, "XREADGROUP BLOCK time."),
+    Var("REDIS_STREAM_CLAIM_TIME", "claim_time", parse_duration, 30.0,
+        "Idle time after which another consumer's pending message is claimed."),
+    Var("REDIS_STREAM_BATCH_SIZE", "batch_size", parse_positive_int, 100, "Messages per read."),
+    Var("REDIS_STREAM_MAX_DELIVERIES", "max_deliveries", parse_positive_int, 5,
+        "Deliveries after which a message goes to the dead-letter stream."),
+    Var("REDIS_DEAD_LETTER_KEY", "dead_letter_key", parse_str, "llm-proxy-events-dead",
+        "Dead-letter stream."),
+)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool
+    path: str
+    token: str
+
+
+METRICS_VARS: tuple[Var, ...] = (
+    Var("ENABLE_METRICS", "enabled", parse_bool, True, "Serve /metrics and /metrics/prometheus."),
+    Var("METRICS_PATH", "path", parse_str, "/metrics", "Path of the JSON metrics."),
+    Var("METRICS_TOKEN", "token", parse_str, "", "When set, metrics require `Authorization: Bearer <token>`."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    storage: StorageSettings
+    security: SecuritySettings
+    log: LogSettings
+    audit: AuditSettings
+    usage: UsageSettings
+    observability: ObservabilitySettings
+    redis: RedisSettings
+    metrics: MetricsSettings
+
+
+SECTIONS: tuple[tuple[str, type[Any], tuple[Var, ...]], ...] = (
+    ("server", ServerSettings, SERVER_VARS),
+    ("storage", StorageSettings, STORAGE_VARS),
+    ("security", SecuritySettings, SECURITY_VARS),
+    ("log", LogSettings, LOG_VARS),
+    ("audit", AuditSettings, AUDIT_VARS),
+    ("usage", UsageSettings, USAGE_VARS),
+    ("observability", ObservabilitySettings, OBSERVABILITY_VARS),
+    ("redis", RedisSettings, REDIS_VARS),
+    ("metrics", MetricsSettings, METRICS_VARS),
+)
+
+
+def _cross_checks(settings: Settings, problems: list[str], require_management_token: bool) -> None:
+    if require_management_token and not settings.server.management_token:
+        problems.append("MANAGEMENT_TOKEN: required (the bearer token of the management API)")
+    if settings.security.require_encryption_key and settings.security.encryption_key is None:
+        problems.append("ENCRYPTION_KEY: required because REQUIRE_ENCRYPTION_KEY=true")
+    if settings.storage.db_driver != "sqlite" and not settings.storage.database_url:
+        problems.append(f"DATABASE_URL: required when DB_DRIVER={settings.storage.db_driver}")
+    try:
+        split_listen_addr(settings.server.listen_addr)
+    except ValueError as exc:
+        problems.append(f"LISTEN_ADDR: {exc}")
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_management_token: bool = True) -> Settings:
+    """Build the settings from `env` (default: the process environment); raise ConfigError."""
+    source = os.environ if env is None else env
+    problems: list[str] = []
+    sections = {name: _load_section(cls, cat, source, problems) for name, cls, cat in SECTIONS}
+    settings = Settings(**sections)
+    _cross_checks(settings, problems, require_management_token)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def split_listen_addr(addr: str) -> tuple[str, int]:
+    """`:8080` → ("0.0.0.0", 8080); `127.0.0.1:9000` → ("127.0.0.1", 9000); `[::1]:80` too."""
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected host:port or :port, got {addr!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+def load_dotenv(path: str, env: dict[str, str]) -> None:
+    """Read KEY=VALUE lines from `path` into `env` without overriding keys already present."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            text = line.strip()
+            if not text or text.startswith("#") or "=" not in text:
+                continue
+            key, _, value = text.removeprefix("export ").partition("=")
+            value = value.strip().strip("'\"")
+            env.setdefault(key.strip(), value)
+
+
+def process_environment() -> dict[str, str]:
+    """A copy of the process environment, for the CLI to layer `.env` and flags onto."""
+    return dict(os.environ)
+
+
+def catalogue_markdown() -> str:
+    """The configuration reference, generated from the declarations above (docs/configuration.md)."""
+    lines = ["# Configuration", "", "Generated from `src/llm_proxy/settings.py`; "
+             "precedence: flag > environment > `.env` > default.", ""]
+    for name, cls, catalogue in SECTIONS:
+        lines += [f"## {name}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for var in catalogue:
+            default = "(unset)" if var.default in (None, "") else var.default
+            if isinstance(default, bool):
+                default = str(default).lower()
+            lines.append(f"| `{var.env}` | `{default}` | {var.doc} |")
+        lines.append("")
+        assert {f.name for f in fields(cls)} == {v.field for v in catalogue}, name
+    return "\n".join(lines)
+
+
+def export_environment(env: Mapping[str, str]) -> None:
+    """Make `env` the process environment, for worker processes and `${VAR}` references."""
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
