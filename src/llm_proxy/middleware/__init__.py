@@ -1,0 +1,1 @@
+"""Pure ASGI middleware: each wraps `receive`/`send` of the app it is given."""

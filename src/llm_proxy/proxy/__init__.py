@@ -1,0 +1,1 @@
+"""Data plane: the /v1/* pass-through."""

@@ -1,0 +1,1 @@
+"""Observability of the proxy itself: logs, metrics, tracing."""
