@@ -45,7 +45,7 @@ class Services:
     @classmethod
     async def open(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
         clock = clock or SystemClock()
-        providers = load_providers(settings.server)
+        providers = load_providers(settings.server, settings.environment)
         stack = AsyncExitStack()
         try:
             storage = await open_storage(settings.storage, KeyCipher(settings.security.encryption_key),

@@ -17,7 +17,7 @@ import binascii
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from llm_proxy.errors import ConfigError
@@ -174,7 +174,7 @@ SERVER_VARS: tuple[Var, ...] = (
     Var("DEFAULT_API_PROVIDER", "default_api_provider", parse_str, "openai",
         "Provider used for /v1/* (falls back to the file's default_api)."),
     Var("OPENAI_API_URL", "openai_api_url", parse_str, "https://api.openai.com",
-        "Base URL of the built-in OpenAI provider."),
+        "Base URL of OpenAI: the built-in provider, and ${OPENAI_API_URL} in the shipped provider file."),
     Var("LLM_PROXY_ENFORCE_PROJECT_ACTIVE", "enforce_project_active", parse_bool, True,
         "Reject calls of inactive projects with 403 project_inactive."),
     Var("LLM_PROXY_TOKEN_CACHE_TTL", "token_cache_ttl", parse_duration, 5.0,
@@ -401,6 +401,8 @@ class Settings:
     observability: ObservabilitySettings
     redis: RedisSettings
     metrics: MetricsSettings
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The variables these settings were read from, for `${VAR}` references in the provider file."""
 
 
 SECTIONS: tuple[tuple[str, type[Any], tuple[Var, ...]], ...] = (
@@ -434,7 +436,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_management_to
     source = os.environ if env is None else env
     problems: list[str] = []
     sections = {name: _load_section(cls, cat, source, problems) for name, cls, cat in SECTIONS}
-    settings = Settings(**sections)
+    settings = Settings(**sections, environment=dict(source))
     _cross_checks(settings, problems, require_management_token)
     if problems:
         raise ConfigError(problems)
