@@ -79,7 +79,7 @@ class LlmProxyApp:
                 try:
                     await self.startup()
                 except Exception as exc:
-                    log.error("start-up failed: %s", exc)
+                    log.exception("start-up failed: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from llm_proxy.audit.recorder import AuditRecorder
 from llm_proxy.bus import EventBus, build_bus
+from llm_proxy.bus.file_log import FileEventLog
 from llm_proxy.clock import Clock, SystemClock
 from llm_proxy.proxy.breaker import CircuitBreaker
 from llm_proxy.proxy.endpoint import ProxyEndpoint, ProxyOptions
@@ -52,7 +53,7 @@ class Services:
                                          migrate=settings.storage.auto_migrate)
             stack.push_async_callback(storage.aclose)
             usage = _build_usage(settings, storage)
-            await usage.start()
+            usage.start()
             stack.push_async_callback(usage.aclose)
             audit = AuditRecorder(settings.audit, storage.audit if settings.audit.store_in_db else None,
                                   clock, logging.getLogger("llm_proxy.audit"))
@@ -61,6 +62,7 @@ class Services:
             bus = build_bus(settings.observability, settings.redis, logging.getLogger("llm_proxy.bus"))
             await bus.start()
             stack.push_async_callback(bus.aclose)
+            await _start_file_event_log(settings, bus, stack)
             authenticator = _build_authenticator(settings, storage, usage, clock)
             proxy = await _build_proxy(settings, providers, authenticator, audit, stack)
         except BaseException:
@@ -73,6 +75,16 @@ class Services:
 
     async def aclose(self) -> None:
         await self.stack.aclose()
+
+
+async def _start_file_event_log(settings: Settings, bus: EventBus, stack: AsyncExitStack) -> None:
+    """`--file-event-log`: an in-process tap, so it never takes events from the dispatchers."""
+    path = settings.observability.file_event_log
+    if not path:
+        return
+    file_log = FileEventLog.attach(bus, path, logging.getLogger("llm_proxy.file_event_log"))
+    await file_log.start()
+    stack.push_async_callback(file_log.aclose)
 
 
 def _build_usage(settings: Settings, storage: Storage) -> UsageCounter:

@@ -27,11 +27,11 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def post_chat(proxy: LiveProxy, token: str, body: dict[str, Any] | None = None,
-                    headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], Any]:
+                    headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
     async with proxy.http.post(f"{proxy.url}/v1/chat/completions", json=body or CHAT,
                                headers={**bearer(token), **(headers or {})}) as resp:
         payload = await resp.json(content_type=None)
-        return resp.status, dict(resp.headers), payload
+        return resp.status, resp.headers.copy(), payload
 
 
 class TestForwarding:
