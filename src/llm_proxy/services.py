@@ -61,8 +61,8 @@ class Services:
             stack.push_async_callback(audit.aclose)
             bus = build_bus(settings.observability, settings.redis, logging.getLogger("llm_proxy.bus"))
             await bus.start()
-            stack.push_async_callback(bus.aclose)
             await _start_file_event_log(settings, bus, stack)
+            stack.push_async_callback(bus.aclose)
             authenticator = _build_authenticator(settings, storage, usage, clock)
             proxy = await _build_proxy(settings, providers, authenticator, audit, stack)
         except BaseException:
@@ -78,7 +78,11 @@ class Services:
 
 
 async def _start_file_event_log(settings: Settings, bus: EventBus, stack: AsyncExitStack) -> None:
-    """`--file-event-log`: an in-process tap, so it never takes events from the dispatchers."""
+    """`--file-event-log`: an in-process tap, so it never takes events from the dispatchers.
+
+    Registered before the bus's own close, so on shutdown the bus flushes first and the log
+    then writes what it still holds.
+    """
     path = settings.observability.file_event_log
     if not path:
         return

@@ -325,7 +325,8 @@ OBSERVABILITY_VARS: tuple[Var, ...] = (
     Var("FILE_EVENT_LOG", "file_event_log", parse_str, "", "Append every event as a JSON line to this file."),
     Var("EVENT_SPOOL_DIR", "spool_dir", parse_str, "./data/spool",
         "Where events wait on disk while Redis is unreachable."),
-    Var("EVENT_SPOOL_MAX_BYTES", "spool_max_bytes", parse_size, 256 * 1024 * 1024, "Bound of the spool directory."),
+    Var("EVENT_SPOOL_MAX_BYTES", "spool_max_bytes", parse_size, 256 * 1024 * 1024,
+        "Bound of the spool, per process (each worker has its own spool slot)."),
     Var("OBSERVABILITY_CAPTURE_CLIENT_IP", "client_ip", parse_bool, True, "Put the client IP in events."),
 )
 
@@ -364,7 +365,9 @@ REDIS_VARS: tuple[Var, ...] = (
     Var("REDIS_STREAM_KEY", "stream_key", parse_str, "llm-proxy-events", "Stream of events."),
     Var("REDIS_CONSUMER_GROUP", "consumer_group", parse_str, "", "Consumer group (dispatcher default: per service)."),
     Var("REDIS_CONSUMER_NAME", "consumer_name", parse_str, "", "Consumer name (default: host and pid)."),
-    Var("REDIS_STREAM_MAX_LEN", "stream_max_len", parse_non_negative_int, 10000, "XADD MAXLEN ~ (0: unbounded)."),
+    Var("REDIS_STREAM_MAX_LEN", "stream_max_len", parse_non_negative_int, 100000,
+        "XADD MAXLEN ~ (0: unbounded). Keep it above the backlog dispatchers may fall behind by: "
+        "Redis trims the oldest entries whether or not they were read."),
     Var("REDIS_STREAM_BLOCK_TIME", "block_time", parse_duration, 5.0, "XREADGROUP BLOCK time."),
     Var("REDIS_STREAM_CLAIM_TIME", "claim_time", parse_duration, 30.0,
         "Idle time after which another consumer's pending message is claimed."),

@@ -1,0 +1,157 @@
+"""Bus fixtures: event factory, Redis settings with a per-test stream, a private redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from llm_proxy.bus.redis_streams import RedisStreamsBus
+from llm_proxy.bus.spool import Spool
+from llm_proxy.events import Event
+from llm_proxy.settings import RedisSettings, load_settings
+from tests.services import require_service
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+def make_event(i: int = 0, **fields: Any) -> Event:
+    values: dict[str, Any] = {
+        "request_id": f"req-{i}", "started_at": T0 + timedelta(seconds=i),
+        "ended_at": T0 + timedelta(seconds=i, milliseconds=250), "duration_ms": 250.0,
+        "method": "POST", "path": "/v1/chat/completions", "status": 200, "provider": "openai",
+        "model": "gpt-4o-mini", "project_id": "p-1", "token_id": "t-1",
+        "request_body": b'{"model":"gpt-4o-mini"}', "response_body": b'{"id":"x"}',
+    }
+    values.update(fields)
+    return Event(**values)
+
+
+async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+    """Poll `predicate` every 10 ms until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def redis_settings_for(url: str, **env: str) -> RedisSettings:
+    key = f"test-events-{uuid.uuid4().hex[:12]}"
+    values = {
+        "REDIS_URL": url, "REDIS_STREAM_KEY": key, "REDIS_DEAD_LETTER_KEY": f"{key}-dead",
+        "REDIS_CONSUMER_GROUP": "dispatchers", "REDIS_STREAM_BLOCK_TIME": "0.2",
+        "REDIS_STREAM_CLAIM_TIME": "0.2", "REDIS_STREAM_BATCH_SIZE": "50",
+    }
+    values.update(env)
+    return load_settings(values, require_management_token=False).redis
+
+
+@pytest_asyncio.fixture
+async def redis_settings() -> AsyncIterator[RedisSettings]:
+    """Settings on the shared Redis with a stream key of this test only, deleted afterwards."""
+    require_service("Redis", "127.0.0.1", 6379)
+    settings = redis_settings_for("redis://127.0.0.1:6379/0")
+    yield settings
+    client = Redis.from_url(settings.connection_url())
+    await client.delete(settings.stream_key, settings.dead_letter_key)
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def raw_redis(redis_settings: RedisSettings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_settings.connection_url())
+    yield client
+    await client.aclose()
+
+
+BusFactory = Callable[..., RedisStreamsBus]
+
+
+@pytest_asyncio.fixture
+async def make_bus(tmp_path: Path) -> AsyncIterator[BusFactory]:
+    """Build RedisStreamsBus instances with fast reconnects; every one is closed at the end."""
+    buses: list[RedisStreamsBus] = []
+
+    def build(settings: RedisSettings, *, spool_dir: Path | None = None,
+              spool_max_bytes: int = 8 << 20, buffer_size: int = 1000,
+              shutdown_timeout: float = 2.0) -> RedisStreamsBus:
+        spool = Spool(spool_dir or tmp_path / "spool", spool_max_bytes, segment_bytes=4096)
+        bus = RedisStreamsBus(settings, spool, buffer_size=buffer_size, reconnect_delay=0.02,
+                              reconnect_max_delay=0.1, shutdown_timeout=shutdown_timeout)
+        buses.append(bus)
+        return bus
+
+    yield build
+    for bus in buses:
+        await bus.aclose()
+
+
+class PrivateRedis:
+    """A redis-server of this test only, on a free loopback port, that can be stopped."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which(REDIS_SERVER) is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{REDIS_SERVER} is not installed (required under CI=true)")
+        pytest.skip(f"{REDIS_SERVER} is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
