@@ -115,9 +115,10 @@ async def make_bus(tmp_path: Path) -> AsyncIterator[BusFactory]:
 class PrivateRedis:
     """A redis-server of this test only, on a free loopback port, that can be stopped."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         self.port = free_port()
         self.directory = directory
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -127,7 +128,8 @@ class PrivateRedis:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+             "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -145,12 +147,16 @@ class PrivateRedis:
             self.process = None
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+def require_redis_server() -> None:
     if shutil.which(REDIS_SERVER) is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{REDIS_SERVER} is not installed (required under CI=true)")
         pytest.skip(f"{REDIS_SERVER} is not installed")
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    require_redis_server()
     server = PrivateRedis(tmp_path)
     server.start()
     yield server
