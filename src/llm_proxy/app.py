@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from llm_proxy.errors import LlmProxyError
 from llm_proxy.health import HealthEndpoints, send_json
 from llm_proxy.management import ManagementDeps, create_management_app
 from llm_proxy.middleware.instrumentation import InstrumentationMiddleware
@@ -78,6 +79,10 @@ class LlmProxyApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                except LlmProxyError as exc:
+                    log.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:
                     log.exception("start-up failed: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

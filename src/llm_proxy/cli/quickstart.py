@@ -19,7 +19,7 @@ import uvicorn
 
 from llm_proxy.app import create_app
 from llm_proxy.cli.options import build_environment, ensure_port_free, settings_or_exit
-from llm_proxy.cli.server import uvicorn_config
+from llm_proxy.cli.server import check_providers, exit_cleanly_after_shutdown, uvicorn_config
 from llm_proxy.settings import Settings, export_environment, load_dotenv
 from llm_proxy.telemetry.logs import configure_logging
 
@@ -51,7 +51,9 @@ def quickstart(addr: str, data_dir: str, mock: bool | None) -> None:
         "LOG_FORMAT": env.get("LOG_FORMAT", "console"),
     })
     settings = settings_or_exit(env)
+    check_providers(settings)
     ensure_port_free(settings.server.listen_addr)
+    exit_cleanly_after_shutdown()
     asyncio.run(_run(env, use_mock, upstream_key or MOCK_KEY))
 
 

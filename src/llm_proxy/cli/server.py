@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import uvicorn
 
 from llm_proxy.app import create_app
 from llm_proxy.cli.options import build_environment, ensure_port_free, settings_or_exit
+from llm_proxy.errors import ConfigError
+from llm_proxy.proxy.providers import load_providers
 from llm_proxy.settings import Settings, export_environment, split_listen_addr
 from llm_proxy.telemetry.logs import configure_logging
 
@@ -54,6 +57,7 @@ def server(addr: str | None, database_path: str | None, log_level: str | None, l
         "WORKERS": str(workers) if workers else None, "PID_FILE": pid_file,
     })
     settings = settings_or_exit(env)
+    check_providers(settings)
     ensure_port_free(settings.server.listen_addr)
     if daemon:
         _daemonize(settings)
@@ -62,8 +66,25 @@ def server(addr: str | None, database_path: str | None, log_level: str | None, l
     run_server(settings)
 
 
+def check_providers(settings: Settings) -> None:
+    """Fail before binding the port when the provider file is invalid: one line per problem."""
+    try:
+        load_providers(settings.server, settings.environment)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"llm-proxy: config error: {problem}", err=True)
+        sys.exit(2)
+
+
+def exit_cleanly_after_shutdown() -> None:
+    """uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is done; end with status 0 then."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sys.exit(0))
+
+
 def run_server(settings: Settings) -> None:
     configure_logging(settings.log)
+    exit_cleanly_after_shutdown()
     if settings.server.workers > 1:
         host, port = split_listen_addr(settings.server.listen_addr)
         uvicorn.run("llm_proxy.app:create_app_from_environment", factory=True, host=host, port=port,
