@@ -14,10 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
+from llm_proxy.audit.recorder import AuditRecorder
 from llm_proxy.context import RequestContext
 from llm_proxy.errors import ProxyError
 from llm_proxy.proxy import headers as hdr
@@ -40,10 +41,6 @@ AUDITED_CODES = frozenset({
 })
 
 
-class AuditSink(Protocol):
-    def record(self, action: str, actor: str, outcome: str, **fields: Any) -> None: ...
-
-
 @dataclass(frozen=True)
 class ProxyOptions:
     max_request_size: int
@@ -52,7 +49,7 @@ class ProxyOptions:
 
 class ProxyEndpoint:
     def __init__(self, *, provider: Provider, validator: RequestValidator, authenticator: Authenticator,
-                 upstream: Upstream, breaker: CircuitBreaker, audit: AuditSink, options: ProxyOptions) -> None:
+                 upstream: Upstream, breaker: CircuitBreaker, audit: AuditRecorder, options: ProxyOptions) -> None:
         self.provider = provider
         self.validator = validator
         self.authenticator = authenticator

@@ -98,9 +98,9 @@ class TokenStore(Protocol):
         token_id: str,
         *,
         is_active: bool | Unset = UNSET,
-        max_requests: int | None | Unset = UNSET,
+        max_requests: int | Unset | None = UNSET,
         metadata: Mapping[str, Any] | Unset = UNSET,
-        expires_at: datetime | None | Unset = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
     ) -> Token | None:
         """Update only the given columns (never counters); is_active false sets deactivated_at."""
         ...
@@ -137,9 +137,14 @@ class AuditStore(Protocol):
 
 
 class Storage(Protocol):
-    projects: ProjectStore
-    tokens: TokenStore
-    audit: AuditStore
+    @property
+    def projects(self) -> ProjectStore: ...
+
+    @property
+    def tokens(self) -> TokenStore: ...
+
+    @property
+    def audit(self) -> AuditStore: ...
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""
