@@ -40,6 +40,7 @@ kept, `x-goog-api-key`, `x-auth-token` and `x-amz-security-token` are dropped.
 """
 
 _CREDENTIAL_VALUE_PREFIXES = ("bearer ", "basic ")
+_CREDENTIAL_FIRST_LETTERS = frozenset("bB")
 
 
 class EventDecodeError(ValueError):
@@ -138,6 +139,13 @@ def is_sensitive_header(name: str) -> bool:
     return any(part in SENSITIVE_NAME_PARTS for part in parts)
 
 
+@functools.lru_cache(maxsize=4096)
+def _kept_name(raw_name: bytes | str) -> str | None:
+    """The lower-case name an event keeps for `raw_name`, or None when it must be dropped."""
+    name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
+    return None if is_sensitive_header(name) else name
+
+
 def sanitize_headers(headers: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
     """Headers as an event keeps them: lower-case names, repeated values joined with `, `.
 
@@ -147,11 +155,11 @@ def sanitize_headers(headers: Iterable[tuple[bytes | str, bytes | str]]) -> dict
     """
     result: dict[str, str] = {}
     for raw_name, raw_value in headers:
-        name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
-        if is_sensitive_header(name):
+        name = _kept_name(raw_name)
+        if name is None:
             continue
         value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
-        if value[:7].lower().startswith(_CREDENTIAL_VALUE_PREFIXES):
+        if value[:1] in _CREDENTIAL_FIRST_LETTERS and value[:7].lower().startswith(_CREDENTIAL_VALUE_PREFIXES):
             continue
         previous = result.get(name)
         result[name] = value if previous is None else f"{previous}, {value}"
