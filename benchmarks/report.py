@@ -12,6 +12,10 @@ RPS_RATIO_TARGET = 0.60
 RPS_RATIO_AT = 10
 ADDED_P50_TARGET_MS = 1.0
 TTFB_TARGET_MS = 1.0
+# Issue 5: cache hits (rows named proxy-cache*) vs the uncached `proxy` row of the same run.
+CACHE_PREFIX = "proxy-cache"
+CACHE_RATIO_TARGET = 2.0
+CACHE_TARGET_ROW = "proxy-cache"
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,8 @@ def _diff(cells: list[Cell], mode: str, c: int, proxy: str, ref: str, attr: str)
     return None if math.isnan(value) else round(value, 3)
 
 
-def _ratio(cells: list[Cell], mode: str, c: int, proxy: str) -> float | None:
-    mine, floor = _find(cells, mode, c, proxy), _find(cells, mode, c, "passthrough")
+def _ratio(cells: list[Cell], mode: str, c: int, proxy: str, ref: str = "passthrough") -> float | None:
+    mine, floor = _find(cells, mode, c, proxy), _find(cells, mode, c, ref)
     if mine is None or floor is None or floor.rps <= 0:
         return None
     return round(mine.rps / floor.rps, 3)
@@ -115,6 +119,7 @@ def ratios(cells: list[Cell], proxies: list[str], concurrencies: list[int]) -> d
             "rps_vs_passthrough": rps,
             f"added_p50_ms_at_c{low}": added,
             f"stream_ttfb_p50_diff_ms_at_c{low}": ttfb,
+            **_cache_ratios(cells, proxy, concurrencies),
             "targets_met": {
                 f"chat_rps_ratio_at_c{RPS_RATIO_AT}_ge_{RPS_RATIO_TARGET}":
                     None if at is None else at >= RPS_RATIO_TARGET,
@@ -125,6 +130,31 @@ def ratios(cells: list[Cell], proxies: list[str], concurrencies: list[int]) -> d
             },
         }
     return out
+
+
+def _cache_ratios(cells: list[Cell], proxy: str, concurrencies: list[int]) -> dict[str, Any]:
+    """For cache-hit rows: RPS / the uncached `proxy` row's RPS, per mode and concurrency."""
+    if not proxy.startswith(CACHE_PREFIX):
+        return {}
+    rps = {mode: {str(c): _ratio(cells, mode, c, proxy, "proxy") for c in concurrencies} for mode in MODES}
+    values = [v for c in concurrencies if c > 1 and (v := rps["chat"][str(c)]) is not None]
+    met = None if proxy != CACHE_TARGET_ROW or not values else min(values) >= CACHE_RATIO_TARGET
+    return {"rps_vs_uncached_proxy": rps, "cache_target_met": met}
+
+
+def _cache_lines(r: dict[str, Any], concurrencies: list[int]) -> list[str]:
+    lines = []
+    for mode in MODES:
+        values = [r["rps_vs_uncached_proxy"][mode][str(c)] for c in concurrencies]
+        if any(v is not None for v in values):
+            cols = ", ".join(f"c={c}: " + ("n/a" if v is None else f"{v:.2f}")
+                             for c, v in zip(concurrencies, values, strict=True))
+            verdict = ""
+            if mode == "chat" and r["cache_target_met"] is not None:
+                verdict = f"  [target >= {CACHE_RATIO_TARGET:g} at c>1: " + (
+                    "met]" if r["cache_target_met"] else "MISSED]")
+            lines.append(f"    RPS / uncached proxy RPS ({mode}): {cols}{verdict}")
+    return lines
 
 
 def _signed(value: float | None) -> str:
@@ -163,4 +193,6 @@ def render_ratios(data: dict[str, Any], concurrencies: list[int]) -> str:
         lines.append("  no llm-proxy rows in this run")
     for proxy, r in data.items():
         lines += [f"  {proxy}:", *_proxy_lines(r, concurrencies)]
+        if "rps_vs_uncached_proxy" in r:
+            lines += _cache_lines(r, concurrencies)
     return "\n".join(lines)

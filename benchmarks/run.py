@@ -30,6 +30,7 @@ from targets import (
     LOOPBACK,
     NEEDS_REDIS,
     PROXY_SCENARIOS,
+    SCENARIO_HEADERS,
     Children,
     StartError,
     Target,
@@ -167,8 +168,9 @@ def start_targets(children: Children, rows: list[str], envs: dict[str, dict[str,
                       file=sys.stderr)
                 continue
             key = f"llm-proxy-benchmark-{secrets.token_hex(4)}"
-            extra |= {"REDIS_STREAM_KEY": key, "REDIS_DEAD_LETTER_KEY": key + "-dead"}
-            redis_keys += [key, key + "-dead"]
+            extra |= {"REDIS_STREAM_KEY": key, "REDIS_DEAD_LETTER_KEY": key + "-dead",
+                      "REDIS_CACHE_KEY_PREFIX": key + ":cache:"}
+            redis_keys += [key, key + "-dead", key + ":cache:*"]
         print(f"starting {name} ...", file=sys.stderr)
         targets[name] = start_proxy(children, name, mock.base_url, extra)
     return [targets[name] for name in rows if name in targets]
@@ -178,8 +180,8 @@ def group_for(targets: list[Target], mode: str, concurrency: int,
               args: argparse.Namespace) -> Group:
     body = CHAT_BODY | ({"stream": True} if mode == "stream" else {})
     endpoints = [Endpoint(t.name, t.base_url + "/v1/chat/completions",
-                          {"Authorization": f"Bearer {t.token}",
-                           "Content-Type": "application/json"}) for t in targets]
+                          {"Authorization": f"Bearer {t.token}", "Content-Type": "application/json",
+                           **SCENARIO_HEADERS.get(t.name, {})}) for t in targets]
     return Group(endpoints, concurrency, args.duration, args.warmup, args.slices,
                  body=json.dumps(body), timeout=args.timeout)
 
@@ -213,6 +215,9 @@ def _delete_redis_keys(keys: list[str]) -> None:
 
     client = redis.Redis(host=LOOPBACK, port=6379, socket_timeout=2)
     try:
+        patterns = [k for k in keys if k.endswith("*")]
+        keys = [k for k in keys if not k.endswith("*")]
+        keys += [found.decode() for p in patterns for found in client.scan_iter(match=p, count=1000)]
         client.delete(*keys)
     except redis.RedisError as exc:
         print(f"could not delete Redis keys {keys}: {exc}", file=sys.stderr)

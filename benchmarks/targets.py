@@ -31,8 +31,15 @@ PROXY_SCENARIOS: dict[str, dict[str, str]] = {
     "proxy": {},
     "proxy-noobs": {"OBSERVABILITY_ENABLED": "false"},
     "proxy-redis": {"LLM_PROXY_EVENT_BUS": "redis-streams", "REDIS_ADDR": f"{LOOPBACK}:6379"},
+    "proxy-cache": {"HTTP_CACHE_ENABLED": "true", "HTTP_CACHE_BACKEND": "in-memory",
+                    "HTTP_CACHE_STREAM_RESPONSES": "true"},
+    "proxy-cache-redis": {"HTTP_CACHE_ENABLED": "true", "HTTP_CACHE_BACKEND": "redis",
+                          "HTTP_CACHE_STREAM_RESPONSES": "true", "REDIS_CACHE_URL": f"redis://{LOOPBACK}:6379/0"},
 }
-NEEDS_REDIS = frozenset({"proxy-redis"})
+NEEDS_REDIS = frozenset({"proxy-redis", "proxy-cache-redis"})
+# Rows whose load opts in to the response cache: after the first call of each mode, every call is a hit.
+CACHE_OPT_IN = {"Cache-Control": "public, max-age=3600"}
+SCENARIO_HEADERS: dict[str, dict[str, str]] = {"proxy-cache": CACHE_OPT_IN, "proxy-cache-redis": CACHE_OPT_IN}
 
 
 class StartError(RuntimeError):

@@ -3,6 +3,7 @@
 Routing is a prefix switch, not a framework router, because /v1/* is the hot path:
     /v1/*                          → InstrumentationMiddleware → ProxyEndpoint
     /health /ready /live           → HealthEndpoints
+    /metrics /metrics/prometheus   → MetricsEndpoints (METRICS_PATH; when ENABLE_METRICS)
     /manage/*                      → the FastAPI management app (OpenAPI at /manage/openapi.json)
     anything else                  → 404 JSON
 Resources are opened in the ASGI lifespan (see `services.py`), so importing this module does no I/O.
@@ -16,9 +17,12 @@ from typing import Any
 from llm_proxy.errors import LlmProxyError
 from llm_proxy.health import HealthEndpoints, send_json
 from llm_proxy.management import ManagementDeps, create_management_app
+from llm_proxy.management.cache import add_cache_routes
 from llm_proxy.middleware.instrumentation import InstrumentationMiddleware
 from llm_proxy.services import Services
 from llm_proxy.settings import Settings, load_settings
+from llm_proxy.telemetry import Telemetry
+from llm_proxy.telemetry.exposition import MetricsEndpoints
 from llm_proxy.telemetry.logs import configure_logging
 
 log = logging.getLogger("llm_proxy.app")
@@ -27,12 +31,14 @@ ASGIApp = Any
 
 
 class LlmProxyApp:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
+        self.telemetry = telemetry
         self.services: Services | None = None
         self._proxy: ASGIApp = None
         self._management: ASGIApp = None
         self._health: HealthEndpoints | None = None
+        self._metrics: MetricsEndpoints | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -44,6 +50,8 @@ class LlmProxyApp:
                 await self._management(scope, receive, send)
             elif self._health is not None and path in HealthEndpoints.paths:
                 await self._health(scope, receive, send)
+            elif self._metrics is not None and path in self._metrics.paths:
+                await self._metrics(scope, receive, send)
             elif self.services is None:
                 await send_json(send, 503, {"error": "starting up"})
             else:
@@ -52,7 +60,7 @@ class LlmProxyApp:
             await self._lifespan(receive, send)
 
     async def startup(self) -> None:
-        services = await Services.open(self.settings)
+        services = await Services.open(self.settings, telemetry=self.telemetry)
         self.services = services
         self._proxy = self._build_proxy_stack(services)
         self._management = create_management_app(ManagementDeps(
@@ -60,7 +68,9 @@ class LlmProxyApp:
             on_token_change=services.authenticator.forget_token,
             on_project_change=services.authenticator.forget_project,
         ))
+        add_cache_routes(self._management, services.caching)
         self._health = HealthEndpoints(_ready_checks(services))
+        self._metrics = services.metrics.endpoints() if services.metrics is not None else None
 
     async def shutdown(self) -> None:
         if self.services is not None:
@@ -69,8 +79,11 @@ class LlmProxyApp:
 
     def _build_proxy_stack(self, services: Services) -> ASGIApp:
         app: ASGIApp = services.proxy
-        if self.settings.observability.enabled:
-            app = InstrumentationMiddleware(app, bus=services.bus, settings=self.settings.observability)
+        observed = self.settings.observability.enabled
+        if observed or services.metrics is not None or services.tracing is not None:
+            app = InstrumentationMiddleware(app, bus=services.bus if observed else None,
+                                            settings=self.settings.observability, telemetry=services.telemetry,
+                                            prices=services.prices)
         return app
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -109,8 +122,8 @@ def _ready_checks(services: Services) -> dict[str, tuple[Any, bool]]:
     return {"database": (database, True), "event_bus": (event_bus, False)}
 
 
-def create_app(settings: Settings) -> LlmProxyApp:
-    return LlmProxyApp(settings)
+def create_app(settings: Settings, telemetry: Telemetry | None = None) -> LlmProxyApp:
+    return LlmProxyApp(settings, telemetry)
 
 
 def create_app_from_environment() -> LlmProxyApp:

@@ -7,15 +7,18 @@ counters, audit lines, events), then close connections.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llm_proxy.audit.recorder import AuditRecorder
 from llm_proxy.bus import EventBus, build_bus
 from llm_proxy.bus.file_log import FileEventLog
+from llm_proxy.cache import build_cache
 from llm_proxy.clock import Clock, SystemClock
 from llm_proxy.proxy.breaker import CircuitBreaker
+from llm_proxy.proxy.caching import ResponseCaching
 from llm_proxy.proxy.endpoint import ProxyEndpoint, ProxyOptions
 from llm_proxy.proxy.providers import ProviderConfig, load_providers
 from llm_proxy.proxy.upstream import AiohttpUpstream
@@ -25,6 +28,12 @@ from llm_proxy.storage import Storage
 from llm_proxy.storage.cipher import KeyCipher
 from llm_proxy.storage.database import open_storage
 from llm_proxy.storage.usage import UsageCounter
+from llm_proxy.telemetry import Telemetry
+from llm_proxy.telemetry import default as default_telemetry
+from llm_proxy.telemetry.collector import MetricsCollector
+from llm_proxy.telemetry.cost import PriceTable
+from llm_proxy.telemetry.events import install_handlers
+from llm_proxy.telemetry.tracing import Tracing, build_tracing
 from llm_proxy.tokens.authenticator import Authenticator
 
 log = logging.getLogger("llm_proxy.services")
@@ -42,10 +51,17 @@ class Services:
     bus: EventBus
     proxy: ProxyEndpoint
     stack: AsyncExitStack
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    prices: PriceTable | None = None
+    metrics: MetricsCollector | None = None
+    tracing: Tracing | None = None
+    caching: ResponseCaching | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
+    async def open(cls, settings: Settings, *, clock: Clock | None = None,
+                   telemetry: Telemetry | None = None) -> Services:
         clock = clock or SystemClock()
+        telemetry = telemetry if telemetry is not None else default_telemetry
         providers = load_providers(settings.server, settings.environment)
         stack = AsyncExitStack()
         try:
@@ -64,14 +80,18 @@ class Services:
             await _start_file_event_log(settings, bus, stack)
             stack.push_async_callback(bus.aclose)
             authenticator = _build_authenticator(settings, storage, usage, clock)
-            proxy = await _build_proxy(settings, providers, authenticator, audit, stack)
+            prices, metrics, tracing = await _build_telemetry(settings, telemetry, bus, providers, stack)
+            caching = _build_caching(settings, authenticator, telemetry, stack)
+            proxy = await _build_proxy(settings, providers, authenticator, audit, stack, telemetry, tracing,
+                                       caching)
         except BaseException:
             await stack.aclose()
             raise
         log.info("services ready", extra={"provider": providers.default, "upstream": providers.active.base_url,
                                           "providers_source": providers.source,
                                           "db_driver": settings.storage.db_driver})
-        return cls(settings, clock, providers, storage, usage, audit, authenticator, bus, proxy, stack)
+        return cls(settings, clock, providers, storage, usage, audit, authenticator, bus, proxy, stack,
+                   telemetry=telemetry, prices=prices, metrics=metrics, tracing=tracing, caching=caching)
 
     async def aclose(self) -> None:
         await self.stack.aclose()
@@ -104,8 +124,41 @@ def _build_authenticator(settings: Settings, storage: Storage, usage: UsageCount
                          key_ttl=server.api_key_cache_ttl, key_max=server.api_key_cache_max)
 
 
+async def _build_telemetry(settings: Settings, telemetry: Telemetry, bus: EventBus, providers: ProviderConfig,
+                           stack: AsyncExitStack) -> tuple[PriceTable, MetricsCollector | None, Tracing | None]:
+    """Price table, metrics and tracing; each of the last two is None (absent) when turned off."""
+    install_handlers(telemetry, settings.metrics.handlers)
+    prices = PriceTable()
+    await asyncio.to_thread(prices.preload)
+    metrics = None
+    if settings.metrics.enabled:
+        metrics = MetricsCollector(settings.metrics, telemetry, workers=settings.server.workers,
+                                   bus_stats=bus.stats)
+        metrics.start()
+        stack.push_async_callback(metrics.aclose)
+    tracing = build_tracing(settings.tracing, providers.active.base_url)
+    if tracing is not None:
+        tracing.attach(telemetry)
+        stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+        stack.callback(tracing.detach, telemetry)
+    return prices, metrics, tracing
+
+
+
+def _build_caching(settings: Settings, authenticator: Authenticator, telemetry: Telemetry,
+                   stack: AsyncExitStack) -> ResponseCaching | None:
+    """None when HTTP_CACHE_ENABLED=false, so the proxy does no cache work at all."""
+    if not settings.cache.enabled:
+        return None
+    cache = build_cache(settings.cache, settings.redis, observer=telemetry.execute,
+                        logger=logging.getLogger("llm_proxy.cache"))
+    stack.push_async_callback(cache.aclose)
+    return ResponseCaching(cache, settings.cache, authenticator=authenticator, observer=telemetry.execute)
+
+
 async def _build_proxy(settings: Settings, providers: ProviderConfig, authenticator: Authenticator,
-                       audit: AuditRecorder, stack: AsyncExitStack) -> ProxyEndpoint:
+                       audit: AuditRecorder, stack: AsyncExitStack, telemetry: Telemetry,
+                       tracing: Tracing | None, caching: ResponseCaching | None) -> ProxyEndpoint:
     provider = providers.active
     upstream = AiohttpUpstream(provider)
     stack.push_async_callback(upstream.aclose)
@@ -117,5 +170,7 @@ async def _build_proxy(settings: Settings, providers: ProviderConfig, authentica
         breaker=CircuitBreaker(provider.name),
         audit=audit,
         options=ProxyOptions(max_request_size=settings.server.max_request_size,
-                             trust_proxy_headers=settings.server.trusted_proxy_headers),
+                             trust_proxy_headers=settings.server.trusted_proxy_headers, telemetry=telemetry,
+                             trace_headers=tracing.propagation_headers if tracing is not None else None,
+                             caching=caching),
     )

@@ -384,12 +384,252 @@ class MetricsSettings:
     enabled: bool
     path: str
     token: str
+    project_labels: bool
+    max_model_labels: int
+    multiprocess_dir: str
+    handlers: tuple[str, ...]
+
+
+def parse_import_list(raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if not re.fullmatch(r"[\w.]+:[\w.]+", item):
+            raise ValueError(f"expected module:function, got {item!r}")
+    return items
 
 
 METRICS_VARS: tuple[Var, ...] = (
     Var("ENABLE_METRICS", "enabled", parse_bool, True, "Serve /metrics and /metrics/prometheus."),
     Var("METRICS_PATH", "path", parse_str, "/metrics", "Path of the JSON metrics."),
     Var("METRICS_TOKEN", "token", parse_str, "", "When set, metrics require `Authorization: Bearer <token>`."),
+    Var("METRICS_PROJECT_LABELS", "project_labels", parse_bool, False,
+        "Add a `project` label to the request, token and cost counters (one series per project)."),
+    Var("METRICS_MAX_MODEL_LABELS", "max_model_labels", parse_positive_int, 100,
+        "Distinct `model` label values per worker; later models are counted as `other`."),
+    Var("METRICS_MULTIPROCESS_DIR", "multiprocess_dir", parse_str, "",
+        "Directory where workers share metric values (default with WORKERS>1: a directory in the system temp)."),
+    Var("TELEMETRY_HANDLERS", "handlers", parse_import_list, (),
+        "Comma-separated `module:function`s called with the telemetry registry at start-up to attach handlers."),
+)
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    sdk_disabled: bool
+    exporter: str
+    endpoint: str
+    traces_endpoint: str
+    headers: str
+    traces_headers: str
+    timeout: float
+    protocol: str
+    service_name: str
+    resource_attributes: str
+    sampler: str
+    sampler_arg: float
+    semconv_opt_in: str
+    capture_content: bool
+
+    @property
+    def enabled(self) -> bool:
+        return not self.sdk_disabled and self.exporter == "otlp" and bool(self.endpoint or self.traces_endpoint)
+
+
+def parse_ratio(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number between 0 and 1, got {raw!r}")
+    return value
+
+
+def parse_milliseconds(raw: str) -> float:
+    """OTel timeouts: a plain number is milliseconds (the spec's unit); `10s` works too."""
+    text = raw.strip()
+    return float(text) / 1000.0 if text.replace(".", "", 1).isdigit() else parse_duration(text)
+
+
+TRACING_VARS: tuple[Var, ...] = (
+    Var("OTEL_SDK_DISABLED", "sdk_disabled", parse_bool, False, "Turn tracing off whatever else is set."),
+    Var("OTEL_TRACES_EXPORTER", "exporter", parse_choice("otlp", "none"), "otlp", "otlp, or none to turn tracing off."),
+    Var("OTEL_EXPORTER_OTLP_ENDPOINT", "endpoint", parse_str, "",
+        "OTLP/HTTP base URL (`/v1/traces` is appended); tracing is off unless this or the next is set."),
+    Var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "traces_endpoint", parse_str, "", "Full OTLP/HTTP traces URL."),
+    Var("OTEL_EXPORTER_OTLP_HEADERS", "headers", parse_str, "", "Export headers, `key=value,key2=value2`."),
+    Var("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "traces_headers", parse_str, "", "Trace export headers (win)."),
+    Var("OTEL_EXPORTER_OTLP_TIMEOUT", "timeout", parse_milliseconds, 10.0, "Export timeout in seconds here; in the variable a plain number is ms."),
+    Var("OTEL_EXPORTER_OTLP_PROTOCOL", "protocol", parse_choice("http/protobuf"), "http/protobuf",
+        "Only http/protobuf is supported."),
+    Var("OTEL_SERVICE_NAME", "service_name", parse_str, "llm-proxy", "service.name of the spans."),
+    Var("OTEL_RESOURCE_ATTRIBUTES", "resource_attributes", parse_str, "",
+        "Extra resource attributes, `key=value,key2=value2`."),
+    Var("OTEL_TRACES_SAMPLER", "sampler", parse_choice(
+        "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio", "always_on", "always_off",
+        "traceidratio"), "parentbased_always_on", "Sampler (OpenTelemetry names)."),
+    Var("OTEL_TRACES_SAMPLER_ARG", "sampler_arg", parse_ratio, 1.0, "Ratio of the traceidratio samplers (0..1)."),
+    Var("OTEL_SEMCONV_STABILITY_OPT_IN", "semconv_opt_in", parse_str, "",
+        "`gen_ai_latest_experimental`: newest GenAI attribute names instead of v1.41's."),
+    Var("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "capture_content", parse_bool, False,
+        "Put prompt and completion messages on spans."),
+)
+
+
+def parse_positive_duration(raw: str) -> float:
+    value = parse_duration(raw)
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    enabled: bool
+    backend: str
+    stream_responses: bool
+    default_ttl: float
+    max_object_bytes: int
+    max_memory_bytes: int
+    redis_url: str
+    key_prefix: str
+    pool_size: int
+    timeout: float
+    scan_count: int
+
+    def redis_connection_url(self, redis: RedisSettings) -> str:
+        return self.redis_url or redis.connection_url()
+
+
+CACHE_VARS: tuple[Var, ...] = (
+    Var("HTTP_CACHE_ENABLED", "enabled", parse_bool, True,
+        "Cache upstream responses (RFC 9111 rules, isolated per project)."),
+    Var("HTTP_CACHE_BACKEND", "backend", parse_choice("in-memory", "memory", "redis"), "in-memory",
+        "Where entries live: in-memory (per worker process) or redis (shared by every instance)."),
+    Var("HTTP_CACHE_STREAM_RESPONSES", "stream_responses", parse_bool, False,
+        "Also cache complete SSE streams (the client still opts in with Cache-Control)."),
+    Var("HTTP_CACHE_DEFAULT_TTL", "default_ttl", parse_duration, 300.0,
+        "Lifetime of a `public` upstream response that states none (0: such responses are not stored)."),
+    Var("HTTP_CACHE_MAX_OBJECT_BYTES", "max_object_bytes", parse_size, 1024 * 1024,
+        "Largest response body stored; bigger responses pass through uncached."),
+    Var("HTTP_CACHE_MAX_MEMORY_BYTES", "max_memory_bytes", parse_size, 64 * 1024 * 1024,
+        "Bound of the in-memory cache per worker; least recently used entries are evicted."),
+    Var("REDIS_CACHE_URL", "redis_url", parse_str, "",
+        "Redis URL of the cache (default: the REDIS_URL, or REDIS_ADDR and REDIS_DB, connection)."),
+    Var("REDIS_CACHE_KEY_PREFIX", "key_prefix", parse_str, "llmproxy:cache:", "Prefix of every cache key in Redis."),
+    Var("REDIS_CACHE_POOL_SIZE", "pool_size", parse_positive_int, 50, "Connections per worker to the cache Redis."),
+    Var("REDIS_CACHE_TIMEOUT", "timeout", parse_positive_duration, 0.1,
+        "Deadline of one Redis cache call; past it (or while Redis is down) requests bypass the cache."),
+    Var("REDIS_SCAN_COUNT", "scan_count", parse_positive_int, 2048, "SCAN batch size of cache purges and stats."),
+)
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    service: str
+    endpoint: str
+    api_key: str
+    buffer: int
+    batch_size: int
+    flush_interval: float
+    max_retries: int
+    backoff_base: float
+    backoff_max: float
+    send_timeout: float
+    concurrency: int
+    drain_timeout: float
+    detach: bool
+    health_addr: str
+    pid_file: str
+    log_file: str
+    verbose: bool
+    max_lag: int
+    file_max_bytes: int
+    file_backups: int
+
+
+DISPATCHER_VARS: tuple[Var, ...] = (
+    Var("DISPATCHER_SERVICE", "service", parse_str, "file",
+        "Sink of `llm-proxy dispatcher`: file, lunary, helicone, cloudwatch."),
+    Var("DISPATCHER_ENDPOINT", "endpoint", parse_str, "",
+        "File path (file sink) or base URL of the service; overrides the sink's own URL variable."),
+    Var("LLM_PROXY_API_KEY", "api_key", parse_str, "",
+        "Key of the sink's service; overrides LUNARY_PUBLIC_KEY/HELICONE_API_KEY."),
+    Var("DISPATCHER_BUFFER", "buffer", parse_positive_int, 1000,
+        "Accepted for compatibility with the predecessor; no effect (the dispatcher reads Redis Streams)."),
+    Var("DISPATCHER_BATCH_SIZE", "batch_size", parse_positive_int, 100, "Events per sink call."),
+    Var("DISPATCHER_FLUSH_INTERVAL", "flush_interval", parse_duration, 1.0,
+        "Longest time an event waits for its batch to fill before it is sent."),
+    Var("DISPATCHER_MAX_RETRIES", "max_retries", parse_non_negative_int, 5,
+        "Retries of a transient sink failure before the events go to the dead-letter stream."),
+    Var("DISPATCHER_BACKOFF_BASE", "backoff_base", parse_duration, 1.0,
+        "First retry delay (doubles each retry, with jitter)."),
+    Var("DISPATCHER_BACKOFF_MAX", "backoff_max", parse_duration, 30.0,
+        "Longest retry delay (a larger Retry-After still wins)."),
+    Var("DISPATCHER_TIMEOUT", "send_timeout", parse_duration, 10.0,
+        "Timeout of one HTTP/AWS call of a sink; keep it well under REDIS_STREAM_CLAIM_TIME."),
+    Var("DISPATCHER_CONCURRENCY", "concurrency", parse_positive_int, 8,
+        "Parallel requests of sinks that send one record per request (Helicone)."),
+    Var("DISPATCHER_DRAIN_TIMEOUT", "drain_timeout", parse_duration, 10.0,
+        "On SIGTERM, how long the in-flight batch may take; what is not confirmed by then stays unacknowledged."),
+    Var("DISPATCHER_DETACH", "detach", parse_bool, False, "Run in the background (pid file and log file)."),
+    Var("DISPATCHER_HEALTH_ADDR", "health_addr", parse_str, "",
+        "host:port of the dispatcher's /health and /metrics (empty: not served)."),
+    Var("DISPATCHER_PID_FILE", "pid_file", parse_str, "",
+        "PID file of --detach (default data/dispatcher-<service>.pid)."),
+    Var("DISPATCHER_LOG_FILE", "log_file", parse_str, "",
+        "Log file of --detach (default data/dispatcher-<service>.log)."),
+    Var("LLM_PROXY_DISPATCHER_VERBOSE", "verbose", parse_bool, False, "Also send response headers to the sink."),
+    Var("DISPATCHER_MAX_LAG", "max_lag", parse_positive_int, 10000,
+        "/health turns unhealthy above this many waiting events."),
+    Var("DISPATCHER_FILE_MAX_BYTES", "file_max_bytes", parse_size, 0,
+        "File sink: rotate the file when it would grow past this size (0: never)."),
+    Var("DISPATCHER_FILE_BACKUPS", "file_backups", parse_non_negative_int, 5,
+        "File sink: rotated files kept (.1 is the newest)."),
+)
+
+
+@dataclass(frozen=True)
+class LunarySettings:
+    url: str
+    key: str
+
+
+LUNARY_VARS: tuple[Var, ...] = (
+    Var("LUNARY_API_URL", "url", parse_str, "https://api.lunary.ai",
+        "Lunary API base URL (events go to /v1/runs/ingest)."),
+    Var("LUNARY_PUBLIC_KEY", "key", parse_str, "", "Lunary project key."),
+)
+
+
+@dataclass(frozen=True)
+class HeliconeSettings:
+    url: str
+    key: str
+
+
+HELICONE_VARS: tuple[Var, ...] = (
+    Var("HELICONE_API_URL", "url", parse_str, "https://api.worker.helicone.ai",
+        "Helicone logger base URL (records go to /oai/v1/log or /custom/v1/log)."),
+    Var("HELICONE_API_KEY", "key", parse_str, "", "Helicone API key."),
+)
+
+
+@dataclass(frozen=True)
+class CloudWatchSettings:
+    region: str
+    log_group: str
+    log_stream: str
+    endpoint: str
+
+
+CLOUDWATCH_VARS: tuple[Var, ...] = (
+    Var("AWS_REGION", "region", parse_str, "us-east-1", "AWS region of CloudWatch Logs."),
+    Var("CLOUDWATCH_LOG_GROUP", "log_group", parse_str, "/llm-proxy/events", "Log group (created if missing)."),
+    Var("CLOUDWATCH_LOG_STREAM", "log_stream", parse_str, "",
+        "Log stream (created if missing; default dispatcher-<hostname>)."),
+    Var("CLOUDWATCH_ENDPOINT", "endpoint", parse_str, "",
+        "Custom CloudWatch Logs endpoint URL (DISPATCHER_ENDPOINT also works)."),
 )
 
 
@@ -404,6 +644,12 @@ class Settings:
     observability: ObservabilitySettings
     redis: RedisSettings
     metrics: MetricsSettings
+    tracing: TracingSettings
+    cache: CacheSettings
+    dispatcher: DispatcherSettings
+    lunary: LunarySettings
+    helicone: HeliconeSettings
+    cloudwatch: CloudWatchSettings
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     """The variables these settings were read from, for `${VAR}` references in the provider file."""
 
@@ -418,6 +664,12 @@ SECTIONS: tuple[tuple[str, type[Any], tuple[Var, ...]], ...] = (
     ("observability", ObservabilitySettings, OBSERVABILITY_VARS),
     ("redis", RedisSettings, REDIS_VARS),
     ("metrics", MetricsSettings, METRICS_VARS),
+    ("tracing", TracingSettings, TRACING_VARS),
+    ("cache", CacheSettings, CACHE_VARS),
+    ("dispatcher", DispatcherSettings, DISPATCHER_VARS),
+    ("lunary", LunarySettings, LUNARY_VARS),
+    ("helicone", HeliconeSettings, HELICONE_VARS),
+    ("cloudwatch", CloudWatchSettings, CLOUDWATCH_VARS),
 )
 
 
@@ -481,7 +733,7 @@ def catalogue_markdown() -> str:
     for name, cls, catalogue in SECTIONS:
         lines += [f"## {name}", "", "| variable | default | meaning |", "|---|---|---|"]
         for var in catalogue:
-            default = "(unset)" if var.default in (None, "") else var.default
+            default = "(unset)" if var.default in (None, "", ()) else var.default
             if isinstance(default, bool):
                 default = str(default).lower()
             lines.append(f"| `{var.env}` | `{default}` | {var.doc} |")

@@ -1,11 +1,16 @@
-"""InstrumentationMiddleware: turns every /v1/* call into one `Event` on the bus.
+"""InstrumentationMiddleware: turns every /v1/* call into one `Event` and one telemetry stop.
 
-It wraps `send`: the status and headers are noted at `http.response.start`, and each body chunk
+It wraps `send`: the status and headers are noted at `http.response.start` (where the
+`X-LLM-Proxy-Overhead-Ms` / `X-LLM-Proxy-Upstream-Ms` headers are added), and each body chunk
 is passed on first and then copied into a capped buffer, so the client sees every byte as soon
 as the endpoint produces it. The request body comes from the `RequestContext` the endpoint
-filled (it reads the body anyway), so nothing is read twice. The event is built and published
-after the last byte went out (or the client left); `bus.publish` never blocks or raises.
-Cache hits publish nothing (the cache reports them through its own counters).
+filled (it reads the body anyway), so nothing is read twice. After the last byte went out (or
+the client left) usage and cost are worked out once; the event goes to the bus (`publish` never
+blocks or raises) and the same numbers go to `llm_proxy.proxy.request.stop` (or `.exception`)
+for the metrics and tracing handlers. Cache hits publish no event but do emit the stop.
+
+The timing headers are measured when the response starts: Upstream-Ms is the time from sending
+the upstream request to receiving its headers, Overhead-Ms the rest of the time up to then.
 """
 
 from __future__ import annotations
@@ -20,15 +25,22 @@ from llm_proxy.context import RequestContext
 from llm_proxy.events import Event, cap_body, sanitize_headers
 from llm_proxy.middleware.usage import usage_from_response
 from llm_proxy.settings import ObservabilitySettings
+from llm_proxy.telemetry import Telemetry
+from llm_proxy.telemetry.cost import Cost, PriceTable
 
 log = logging.getLogger("llm_proxy.instrumentation")
 
 CLIENT_CLOSED_STATUS = 499
 NO_EVENT_CACHE_STATUSES = frozenset({"hit", "conditional-hit"})
+START = "llm_proxy.proxy.request.start"
+STOP = "llm_proxy.proxy.request.stop"
+EXCEPTION = "llm_proxy.proxy.request.exception"
+COST = "llm_proxy.cost.calculated"
+_NO_USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
 
 
 class _Capture:
-    __slots__ = ("body", "headers", "limit", "size", "status")
+    __slots__ = ("body", "content_encoding", "content_type", "first_chunk", "headers", "limit", "size", "status")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -36,52 +48,120 @@ class _Capture:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.size = 0
+        self.first_chunk: float | None = None
+        self.content_type = ""
+        self.content_encoding: str | None = None
+
+    def note_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif lowered == b"content-encoding":
+                self.content_encoding = value.decode("latin-1")
 
 
 class InstrumentationMiddleware:
-    def __init__(self, app: Any, *, bus: EventBus, settings: ObservabilitySettings) -> None:
+    def __init__(self, app: Any, *, bus: EventBus | None, settings: ObservabilitySettings,
+                 telemetry: Telemetry | None = None, prices: PriceTable | None = None,
+                 timing_headers: bool = True) -> None:
         self.app = app
         self.bus = bus
         self.max_request = settings.max_request_body_bytes
         self.max_response = settings.max_response_body_bytes
         self.keep_client_ip = settings.client_ip
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        self.prices = prices
+        self.timing_headers = timing_headers
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         ctx = RequestContext(started_at=datetime.now(UTC), started=time.monotonic())
         scope["llm_proxy"] = ctx
         capture = _Capture(self.max_response)
+        if self.telemetry.has_handlers(START):
+            self.telemetry.execute(START, {"monotonic_time": ctx.started, "system_time": time.time()},
+                                   {"method": scope["method"], "path": scope["path"], "headers": scope["headers"],
+                                    "context": ctx})
 
         async def send_and_capture(message: dict[str, Any]) -> None:
-            await send(message)
             if message["type"] == "http.response.body":
+                await send(message)
                 chunk = message.get("body", b"")
+                if chunk and capture.first_chunk is None:
+                    capture.first_chunk = time.monotonic()
                 capture.size += len(chunk)
                 room = capture.limit - len(capture.body)
                 if room > 0 and chunk:
                     capture.body += chunk[:room]
             elif message["type"] == "http.response.start":
                 capture.status = message["status"]
-                capture.headers = message.get("headers", [])
+                capture.note_headers(message.get("headers", []))
+                await send(_with_timing(message, ctx) if self.timing_headers else message)
+            else:
+                await send(message)
 
+        failure: BaseException | None = None
         try:
             await self.app(scope, receive, send_and_capture)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            if ctx.cache_status not in NO_EVENT_CACHE_STATUSES:
-                self._publish(scope, ctx, capture)
+            self._finish(scope, ctx, capture, failure)
 
-    def _publish(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture) -> None:
+    def _finish(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture,
+                failure: BaseException | None) -> None:
         try:
-            self.bus.publish(self._event(scope, ctx, capture))
+            ended = time.monotonic()
+            usage = None
+            if ctx.cache_status not in NO_EVENT_CACHE_STATUSES:  # a hit replays usage nobody pays for
+                usage = ctx.usage or usage_from_response(bytes(capture.body), capture.content_type,
+                                                         capture.content_encoding is not None)
+            cost = self._price(ctx, usage)
+            event = None
+            if self.bus is not None and ctx.cache_status not in NO_EVENT_CACHE_STATUSES:
+                event = self._event(scope, ctx, capture, usage, cost, ended)
+                self.bus.publish(event)
+            self._emit(scope, ctx, capture, usage, cost, ended, event, failure)
         except Exception:  # the request is done; an event bug must never surface to the client
             log.exception("could not build the event of request %s", ctx.request_id)
 
-    def _event(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture) -> Event:
-        ended = time.monotonic()
+    def _price(self, ctx: RequestContext, usage: dict[str, int] | None) -> Cost | None:
+        if usage is None or self.prices is None:
+            return None
+        return self.prices.price(ctx.provider, ctx.model, usage["input_tokens"], usage["output_tokens"],
+                                 usage["cached_tokens"], usage["reasoning_tokens"])
+
+    def _emit(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture, usage: dict[str, int] | None,
+              cost: Cost | None, ended: float, event: Event | None, failure: BaseException | None) -> None:
+        telemetry = self.telemetry
+        name = STOP if failure is None else EXCEPTION
+        if cost is not None and telemetry.has_handlers(COST):
+            telemetry.execute(COST, {"cost_usd": cost.total, "input": cost.input, "cached_input": cost.cached_input,
+                                     "output": cost.output, "reasoning": cost.reasoning},
+                              {"provider": ctx.provider, "model": ctx.model, "price_model": cost.price_model,
+                               "project_id": ctx.project_id, "token_id": ctx.token_id, "request_id": ctx.request_id})
+        if not telemetry.has_handlers(name):
+            return
+        measurements = _measurements(ctx, capture, usage, cost, ended)
+        status = capture.status or (CLIENT_CLOSED_STATUS if ctx.client_disconnected else 500)
+        telemetry.execute(name, measurements, {
+            "request_id": ctx.request_id, "method": scope["method"], "path": scope["path"], "status": status,
+            "provider": ctx.provider, "model": ctx.model, "stream": ctx.stream, "project_id": ctx.project_id,
+            "token_id": ctx.token_id, "user_id": ctx.user_id, "cache_status": ctx.cache_status,
+            "error_code": ctx.error_code, "upstream_error": ctx.upstream_error,
+            "client_disconnected": ctx.client_disconnected, "trace_id": ctx.trace_id, "usage_known": usage is not None,
+            "response_body": capture.body, "content_type": capture.content_type, "event": event,
+            "context": ctx, "reason": failure,
+        })
+
+    def _event(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture, usage: dict[str, int] | None,
+               cost: Cost | None, ended: float) -> Event:
         response_headers = sanitize_headers(capture.headers)
         content_type = response_headers.get("content-type", "")
         encoding = response_headers.get("content-encoding")
         request_body, request_cut = cap_body(ctx.request_body, self.max_request)
-        usage = ctx.usage or usage_from_response(bytes(capture.body), content_type, encoding is not None)
         upstream_ms = _ms(ctx.upstream_started, ctx.upstream_finished or ended)
         total_ms = (ended - ctx.started) * 1000.0
         status = capture.status
@@ -124,8 +204,38 @@ class InstrumentationMiddleware:
             total_tokens=usage["total_tokens"] if usage else None,
             cached_tokens=usage["cached_tokens"] if usage else None,
             reasoning_tokens=usage["reasoning_tokens"] if usage else None,
+            cost_usd=cost.total if cost is not None else None,
+            cost_known=cost is not None,
             trace_id=ctx.trace_id,
         )
+
+
+def _measurements(ctx: RequestContext, capture: _Capture, usage: dict[str, int] | None, cost: Cost | None,
+                  ended: float) -> dict[str, Any]:
+    counts = usage or _NO_USAGE
+    duration = ended - ctx.started
+    upstream_duration = None
+    if ctx.upstream_started is not None:
+        upstream_duration = (ctx.upstream_finished or ended) - ctx.upstream_started
+    return {
+        "duration": duration, "upstream_duration": upstream_duration,
+        "overhead": duration - upstream_duration if upstream_duration is not None else None,
+        "time_to_first_byte": capture.first_chunk - ctx.started if capture.first_chunk is not None else None,
+        "input_tokens": counts["input_tokens"], "output_tokens": counts["output_tokens"],
+        "cached_tokens": counts["cached_tokens"], "reasoning_tokens": counts["reasoning_tokens"],
+        "cost_usd": cost.total if cost is not None else None,
+    }
+
+
+def _with_timing(message: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    elapsed = (time.monotonic() - ctx.started) * 1000.0
+    headers = list(message.get("headers", ()))
+    if ctx.upstream_started is not None and ctx.upstream_first_byte is not None:
+        upstream = (ctx.upstream_first_byte - ctx.upstream_started) * 1000.0
+        headers.append((b"x-llm-proxy-upstream-ms", b"%.2f" % upstream))
+        elapsed -= upstream
+    headers.append((b"x-llm-proxy-overhead-ms", b"%.2f" % elapsed))
+    return {**message, "headers": headers}
 
 
 def _ms(start: float | None, end: float | None) -> float | None:

@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,9 +24,11 @@ from llm_proxy.context import RequestContext
 from llm_proxy.errors import ProxyError
 from llm_proxy.proxy import headers as hdr
 from llm_proxy.proxy.breaker import CircuitBreaker
+from llm_proxy.proxy.caching import Lookup, ResponseCaching
 from llm_proxy.proxy.providers import Provider
 from llm_proxy.proxy.upstream import Upstream, UpstreamTimeoutError, UpstreamUnreachableError
 from llm_proxy.proxy.validation import RequestValidator
+from llm_proxy.telemetry import Telemetry
 from llm_proxy.tokens.authenticator import Authenticator, Grant
 
 Scope = dict[str, Any]
@@ -35,6 +38,7 @@ Send = Any
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _JSON_TYPES = (b"application/json", b"application/json;", b"application/json; charset=utf-8")
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 AUDITED_CODES = frozenset({
     "invalid_token", "token_not_found", "token_inactive", "token_expired", "rate_limit_exceeded",
     "project_inactive", "origin_not_allowed",
@@ -45,6 +49,11 @@ AUDITED_CODES = frozenset({
 class ProxyOptions:
     max_request_size: int
     trust_proxy_headers: bool
+    telemetry: Telemetry | None = None
+    trace_headers: Callable[[], list[tuple[str, str]]] | None = None
+    """With tracing on: the current span's `traceparent`/`tracestate`, which replace the client's."""
+    caching: ResponseCaching | None = None
+    """The response cache; None when HTTP_CACHE_ENABLED is false (then no request does cache work)."""
 
 
 class ProxyEndpoint:
@@ -59,6 +68,9 @@ class ProxyEndpoint:
         self.options = options
         self._auth_header = provider.auth.header
         self._extra_headers = {"X-Proxy": "llm-proxy", **provider.extra_headers}
+        self.telemetry = options.telemetry or Telemetry()
+        self._trace_headers = options.trace_headers
+        self.caching = options.caching
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx: RequestContext | None = scope.get("llm_proxy")
@@ -75,19 +87,33 @@ class ProxyEndpoint:
             if method == "OPTIONS":
                 await _send_preflight(send, request_id, origin, headers.get(b"access-control-request-headers"))
                 return
-            grant = await self._admit(scope, receive, headers, ctx)
+            caching = self.caching
+            rule = caching.rule(method, headers) if caching is not None else None
+            grant = await self._admit(scope, receive, headers, ctx, count=rule is None)
+            lookup = None
+            if caching is not None and rule is not None:
+                with self.telemetry.span("llm_proxy.cache.lookup", {"context": ctx}):
+                    lookup = await caching.consult(rule, scope, headers, grant, ctx, send)
+                if lookup is None:
+                    return
             key = await self.authenticator.upstream_key(grant.project_id)
             self.breaker.before_call()
-            await self._forward(scope, receive, send, ctx, headers, key, origin)
+            with self.telemetry.span("llm_proxy.upstream.request",
+                                     {"context": ctx, "method": method, "path": scope["path"]}):
+                await self._forward(scope, receive, send, ctx, headers, key, origin, lookup)
         except ProxyError as err:
             ctx.error, ctx.error_code = err.message, err.code
+            if err.status == 429:
+                self.telemetry.execute("llm_proxy.rate_limit.exceeded", {"count": 1}, {
+                    "reason": err.code, "project_id": ctx.project_id, "token_id": ctx.token_id,
+                    "request_id": request_id})
             if err.code in AUDITED_CODES:
                 self._audit_denial(scope, ctx, err)
             await send_error(send, err, request_id, origin)
 
     async def _admit(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
-                     ctx: RequestContext) -> Grant:
-        """Everything that decides whether the call may go upstream."""
+                     ctx: RequestContext, *, count: bool = True) -> Grant:
+        """Everything that decides whether the call may go upstream; `count` charges the token."""
         self.validator.check_route(scope["method"], scope["path"])
         body = await read_body(receive, headers, self.options.max_request_size)
         ctx.request_body = body
@@ -101,9 +127,10 @@ class ProxyEndpoint:
         origin = headers.get(b"origin")
         self.validator.check_origin(origin.decode("latin-1") if origin is not None else None)
         authorization = headers.get(b"authorization")
-        grant = await self.authenticator.authenticate(
-            authorization.decode("latin-1") if authorization is not None else None
-        )
+        with self.telemetry.span("llm_proxy.auth", {"context": ctx}):
+            grant = await self.authenticator.authenticate(
+                authorization.decode("latin-1") if authorization is not None else None, count=count
+            )
         ctx.project_id = grant.project_id
         ctx.token_id = grant.token.id
         ctx.token_metadata = grant.metadata
@@ -111,17 +138,19 @@ class ProxyEndpoint:
         return grant
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
-                       headers: dict[bytes, bytes], key: str, origin: bytes | None) -> None:
+                       headers: dict[bytes, bytes], key: str, origin: bytes | None, lookup: Lookup | None) -> None:
         path_qs = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string") and "?" not in path_qs:
             path_qs += "?" + scope["query_string"].decode("latin-1")
         out_headers = hdr.upstream_headers(scope["headers"], self._auth_header,
                                            self.provider.auth.value(key), ctx.request_id, self._extra_headers)
+        if self._trace_headers is not None:
+            out_headers = [h for h in out_headers if h[0].lower() not in TRACE_HEADERS] + self._trace_headers()
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ctx))
         try:
-            await self._relay(scope["method"], path_qs, out_headers, send, ctx, origin)
+            await self._relay(scope["method"], path_qs, out_headers, send, ctx, origin, lookup)
         except asyncio.CancelledError:
             if not ctx.client_disconnected:
                 raise
@@ -131,7 +160,7 @@ class ProxyEndpoint:
             watcher.cancel()
 
     async def _relay(self, method: str, path_qs: str, out_headers: list[tuple[str, str]], send: Send,
-                     ctx: RequestContext, origin: bytes | None) -> None:
+                     ctx: RequestContext, origin: bytes | None, lookup: Lookup | None) -> None:
         ctx.upstream_started = time.monotonic()
         try:
             response = await self.upstream.send(method, path_qs, out_headers, ctx.request_body)
@@ -152,10 +181,13 @@ class ProxyEndpoint:
         if origin is not None:
             out.extend(hdr.cors_headers(origin))
         try:
-            await send({"type": "http.response.start", "status": response.status, "headers": out})
-            async for chunk in response.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if lookup is not None:
+                await lookup.relay(response, out, send, ctx)
+            else:
+                await send({"type": "http.response.start", "status": response.status, "headers": out})
+                async for chunk in response.chunks():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except UpstreamUnreachableError as exc:
             ctx.upstream_error = True
             ctx.error = str(exc)

@@ -1,0 +1,1 @@
+"""Local stand-ins for external services: they validate what the real ones validate."""
