@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.live import free_port
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +35,7 @@ def wait_http(url: str, within: float = 20.0) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -129,7 +128,7 @@ class TestQuickstart:
             f"http://127.0.0.1:{port}/v1/chat/completions",
             data=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode(),
             headers={"Authorization": f"Bearer {match.group(1)}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(request, timeout=10) as resp:
             assert json.loads(resp.read())["choices"][0]["message"]["content"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from tests.live import LiveProxy, running_proxy
 
 from llm_proxy.events import Event, decode_event
-from tests.live import LiveProxy, running_proxy
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count my words please"}]}
 
@@ -21,10 +21,10 @@ async def live(tmp_path: Path) -> AsyncIterator[LiveProxy]:
         yield proxy
 
 
-async def collect(live: LiveProxy, count: int, timeout: float = 5.0) -> list[Event]:
+async def collect(live: LiveProxy, count: int, within: float = 5.0) -> list[Event]:
     """Read the file event log until it holds `count` events."""
     path = live.tmp / "events.jsonl"
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         lines = path.read_bytes().splitlines() if path.exists() else []
         if len(lines) >= count or asyncio.get_running_loop().time() > deadline:
@@ -108,4 +108,4 @@ class TestEvents:
             async with live.http.post(f"{live.url}/v1/chat/completions", json=CHAT,
                                       headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 200
-            assert await collect(live, 1, timeout=0.5) == []
+            assert await collect(live, 1, within=0.5) == []

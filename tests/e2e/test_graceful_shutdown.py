@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from llm_proxy.events import decode_event
-from llm_proxy.mock_upstream.threaded import ThreadedMock
 from tests.e2e.test_cli_processes import LLM_PROXY, base_env, wait_http
 from tests.live import free_port
 from tests.services import require_service
+
+from llm_proxy.events import decode_event
+from llm_proxy.mock_upstream.threaded import ThreadedMock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 def manage(url: str, token: str, path: str, body: dict[str, object]) -> dict[str, object]:
     request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=10) as resp:
         result: dict[str, object] = json.loads(resp.read())
         return result
 
@@ -37,7 +37,7 @@ def chat(url: str, token: str, request_id: str, extra: dict[str, str] | None = N
     request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(), headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/json", "X-Request-ID": request_id,
         **(extra or {})})
-    with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=30) as resp:
         return resp.read()
 
 
@@ -66,7 +66,8 @@ class TestGracefulShutdown:
         proc = start_server(tmp_path, port, env)
         try:
             project = manage(url, "mt", "/manage/projects", {"name": "p", "api_key": "sk-mock-key-1234"})
-            token = str(manage(url, "mt", "/manage/tokens", {"project_id": project["id"], "duration_minutes": 5})["token"])
+            issued = manage(url, "mt", "/manage/tokens", {"project_id": project["id"], "duration_minutes": 5})
+            token = str(issued["token"])
             for i in range(5):
                 chat(url, token, f"before-{i}")
             result: dict[str, bytes] = {}

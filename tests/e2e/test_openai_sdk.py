@@ -8,7 +8,6 @@ from pathlib import Path
 import openai
 import pytest
 from openai import AsyncOpenAI
-
 from tests.live import LiveProxy, running_proxy
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-
-from llm_proxy.events import Event, decode_event
 from tests.bus.conftest import PrivateRedis, require_redis_server
 from tests.live import LiveProxy, running_proxy
 from tests.services import require_service
+
+from llm_proxy.events import Event, decode_event
 
 pytestmark = pytest.mark.redis
 
@@ -41,7 +41,7 @@ async def call(live: LiveProxy, token: str, request_id: str, stream: bool = Fals
 
 async def wait_for_count(client: Redis, key: str, count: int, within: float) -> None:
     deadline = time.monotonic() + within
-    while await client.xlen(key) < count and time.monotonic() < deadline:
+    while await client.xlen(key) < count and time.monotonic() < deadline:  # noqa: ASYNC110 - polls Redis
         await asyncio.sleep(0.1)
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-
 from tests.live import LiveProxy, running_proxy
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there proxy"}]}
