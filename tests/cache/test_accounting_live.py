@@ -78,6 +78,26 @@ class TestCounting:
         assert (record["request_count"], record["cache_hit_count"]) == (1, 2)
         assert (stats["hits"], stats["misses"], stats["stores"]) == (2, 1, 1)
 
+    async def test_the_cache_emits_telemetry_events(self, mock_proxy: LiveProxy) -> None:
+        assert mock_proxy.app.services is not None
+        telemetry = mock_proxy.app.services.telemetry
+        seen: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        names = ("llm_proxy.cache.hit", "llm_proxy.cache.miss", "llm_proxy.cache.put")
+        telemetry.attach_many("test-cache-events", names, lambda name, m, md, _: seen.append((name, dict(m), dict(md))))
+        try:
+            project, token = await mock_proxy.project_token()
+            for _ in range(2):
+                await call(mock_proxy, "POST", "/v1/chat/completions", token, json=CHAT, headers=OPT_IN)
+        finally:
+            telemetry.detach("test-cache-events")
+        mine = [(name, m, md) for name, m, md in seen if md["project_id"] == project["id"]]
+        assert [name for name, _, _ in mine] == ["llm_proxy.cache.miss", "llm_proxy.cache.put", "llm_proxy.cache.hit"]
+        (_, _, miss), (_, put, _), (_, hit, hit_md) = mine
+        assert miss["reason"] == "miss"
+        assert put["ttl"] == 60
+        assert put["bytes"] == hit["bytes"] > 0
+        assert hit_md["key"].startswith(project["id"] + ":")
+
     async def test_a_stream_the_client_abandons_is_not_stored(self, mock_proxy: LiveProxy) -> None:
         _, token = await mock_proxy.project_token()
         headers = {"Authorization": f"Bearer {token}", **OPT_IN, "X-Mock-Chunk-Delay-Ms": "100",

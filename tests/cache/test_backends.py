@@ -51,6 +51,26 @@ class TestRegistry:
             load_settings({"HTTP_CACHE_BACKEND": "memcached"}, require_management_token=False)
 
 
+class TestCacheSettings:
+    def test_defaults_are_the_documented_ones(self) -> None:
+        cache = load_settings({}, require_management_token=False).cache
+        assert (cache.enabled, cache.backend, cache.stream_responses) == (True, "in-memory", False)
+        assert (cache.default_ttl, cache.max_object_bytes, cache.key_prefix) == (300.0, 1048576, "llmproxy:cache:")
+
+    def test_the_redis_url_falls_back_to_the_shared_redis_connection(self) -> None:
+        settings = load_settings({"REDIS_ADDR": "10.0.0.5:6380", "REDIS_DB": "3"}, require_management_token=False)
+        assert settings.cache.redis_connection_url(settings.redis) == "redis://10.0.0.5:6380/3"
+        own = load_settings({"REDIS_CACHE_URL": "redis://cache:6379/1"}, require_management_token=False)
+        assert own.cache.redis_connection_url(own.redis) == "redis://cache:6379/1"
+
+    def test_a_zero_timeout_and_a_bad_size_are_start_up_errors(self) -> None:
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"REDIS_CACHE_TIMEOUT": "0", "HTTP_CACHE_MAX_OBJECT_BYTES": "lots"},
+                          require_management_token=False)
+        assert {problem.split(":")[0] for problem in caught.value.problems} == {
+            "REDIS_CACHE_TIMEOUT", "HTTP_CACHE_MAX_OBJECT_BYTES"}
+
+
 class TestBackends:
     async def test_an_entry_round_trips_with_its_headers_and_body(self, backend: ResponseCache) -> None:
         stored = entry(b"\x00binary\xff", headers=[(b"etag", b'"v1"'), (b"content-type", b"text/plain")])

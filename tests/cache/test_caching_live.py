@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.cache.conftest import CHAT, OPT_IN, cached_proxy, call
@@ -194,6 +195,20 @@ class TestStreams:
             for _ in range(2):
                 answer = await call(live, "POST", "/v1/chat/completions", token, json=STREAM, headers=OPT_IN)
                 assert answer.headers["Cache-Status"] == "llm-proxy; fwd=miss; detail=stream"
+
+
+class TestBrokenBodies:
+    async def test_a_body_the_upstream_breaks_off_is_passed_on_and_not_stored(
+            self, header_proxy: LiveProxy, upstream: HeaderUpstream) -> None:
+        _, token = await header_proxy.project_token()
+        for _ in range(2):
+            sent = {"Authorization": f"Bearer {token}"}
+            async with header_proxy.http.get(f"{header_proxy.url}{MODELS}&drop=1", headers=sent) as resp:
+                assert resp.status == 200
+                assert resp.headers["Cache-Status"] == "llm-proxy; fwd=miss; detail=incomplete"
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+        assert upstream.calls == 2
 
 
 class TestSizeBound:
