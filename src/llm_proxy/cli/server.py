@@ -27,7 +27,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         app, host=host, port=port, lifespan="on", access_log=False, log_config=None,
         http="httptools", loop="uvloop", timeout_keep_alive=75,
         timeout_graceful_shutdown=int(settings.server.shutdown_timeout) or None,
-        server_header=False, date_header=True,
+        server_header=False, date_header=True, proxy_headers=False,
     )
 
 
@@ -90,6 +90,7 @@ def run_server(settings: Settings) -> None:
         uvicorn.run("llm_proxy.app:create_app_from_environment", factory=True, host=host, port=port,
                     workers=settings.server.workers, lifespan="on", access_log=False, log_config=None,
                     http="httptools", loop="uvloop", timeout_keep_alive=75, server_header=False,
+                    proxy_headers=False,
                     timeout_graceful_shutdown=int(settings.server.shutdown_timeout) or None)
         return
     server_ = uvicorn.Server(uvicorn_config(create_app(settings), settings))
