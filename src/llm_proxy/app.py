@@ -11,6 +11,7 @@ Resources are opened in the ASGI lifespan (see `services.py`), so importing this
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -70,6 +71,10 @@ class LlmProxyApp:
         ))
         add_cache_routes(self._management, services.caching)
         self._health = HealthEndpoints(_ready_checks(services))
+        # Everything built so far lives as long as the process: moving it out of the collector's
+        # generations keeps full collections short, which cuts the latency tail under load.
+        gc.collect()
+        gc.freeze()
         self._metrics = services.metrics.endpoints() if services.metrics is not None else None
 
     async def shutdown(self) -> None:
@@ -80,7 +85,7 @@ class LlmProxyApp:
     def _build_proxy_stack(self, services: Services) -> ASGIApp:
         app: ASGIApp = services.proxy
         observed = self.settings.observability.enabled
-        if observed or services.metrics is not None or services.tracing is not None:
+        if observed or services.metrics is not None or services.tracing is not None or services.budget is not None:
             app = InstrumentationMiddleware(app, bus=services.bus if observed else None,
                                             settings=self.settings.observability, telemetry=services.telemetry,
                                             prices=services.prices)

@@ -121,3 +121,13 @@ def upstream_auth_error() -> ProxyError:
         503, "Upstream authentication error: failed to load upstream API key",
         "upstream_auth_error", type_="api_error",
     )
+
+
+def budget_exceeded(scope: str, budget: float, period: str, resets: str | None) -> ProxyError:
+    """`scope` is `project` or `token`; `resets` the next period's start (None for `total`)."""
+    when = f"; it resets at {resets}" if resets else ""
+    amount = f"{budget:.12f}".rstrip("0").rstrip(".")
+    return ProxyError(
+        429, f"Budget exceeded: the {scope}'s {period} budget of ${amount} is used up{when}",
+        "budget_exceeded", type_="insufficient_quota",
+    )

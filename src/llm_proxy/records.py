@@ -11,6 +11,70 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+BUDGET_PERIODS = ("daily", "weekly", "monthly", "total")
+"""How spend is counted against `max_budget` and `cost_alert_threshold` (UTC calendar periods)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimits:
+    """A project's or token's spend settings, in USD; None means none."""
+
+    cost_alert_threshold: float | None = None
+    max_budget: float | None = None
+    budget_period: str = "monthly"
+
+    @property
+    def watched(self) -> bool:
+        return self.cost_alert_threshold is not None or self.max_budget is not None
+
+
+NO_LIMITS = SpendLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class SpendScope:
+    """Whose spend: kind `project` or `token`, and that record's id."""
+
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpendAmount:
+    """Spend in USD, and the largest single call in it."""
+
+    usd: float = 0.0
+    max_call: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """A worker asking for more of a scope's budget for the period starting at `period_start`."""
+
+    scope: SpendScope
+    worker_id: str
+    period_start: datetime
+    budget: float
+    need: float
+    """The least that is useful; less than this is granted only with `take_rest`."""
+    workers: int
+    """Live workers: the grant is `need` or 1/(2·workers) of what is free, whichever is larger."""
+    now: datetime
+    expires: datetime
+    take_rest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A budget lease request's outcome, all for the scope's current period, in USD."""
+
+    spent: float
+    """Recorded spend."""
+    others: float
+    """Unexpired leases of the other workers."""
+    held: float
+    """This worker's lease now (what it held, plus what was granted)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Project:
@@ -22,6 +86,13 @@ class Project:
     created_at: datetime
     updated_at: datetime
     deactivated_at: datetime | None = None
+    cost_alert_threshold: float | None = None
+    max_budget: float | None = None
+    budget_period: str = "monthly"
+
+    @property
+    def limits(self) -> SpendLimits:
+        return SpendLimits(self.cost_alert_threshold, self.max_budget, self.budget_period)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +112,13 @@ class Token:
     last_used_at: datetime | None = None
     deactivated_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    cost_alert_threshold: float | None = None
+    max_budget: float | None = None
+    budget_period: str = "monthly"
+
+    @property
+    def limits(self) -> SpendLimits:
+        return SpendLimits(self.cost_alert_threshold, self.max_budget, self.budget_period)
 
 
 class QuotaOutcome(enum.Enum):

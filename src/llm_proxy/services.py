@@ -35,6 +35,8 @@ from llm_proxy.telemetry.cost import PriceTable
 from llm_proxy.telemetry.events import install_handlers
 from llm_proxy.telemetry.tracing import Tracing, build_tracing
 from llm_proxy.tokens.authenticator import Authenticator
+from llm_proxy.tokens.budget import BudgetGuard
+from llm_proxy.tokens.spend import SpendLedger
 
 log = logging.getLogger("llm_proxy.services")
 
@@ -56,6 +58,7 @@ class Services:
     metrics: MetricsCollector | None = None
     tracing: Tracing | None = None
     caching: ResponseCaching | None = None
+    budget: BudgetGuard | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, clock: Clock | None = None,
@@ -82,8 +85,11 @@ class Services:
             authenticator = _build_authenticator(settings, storage, usage, clock)
             prices, metrics, tracing = await _build_telemetry(settings, telemetry, bus, providers, stack)
             caching = _build_caching(settings, authenticator, telemetry, stack)
+            budget = _build_budget(settings, storage, audit, telemetry, clock, stack)
+            if budget is not None:
+                await budget.ledger.start()
             proxy = await _build_proxy(settings, providers, authenticator, audit, stack, telemetry, tracing,
-                                       caching)
+                                       caching, budget=budget, prices=prices)
         except BaseException:
             await stack.aclose()
             raise
@@ -91,7 +97,8 @@ class Services:
                                           "providers_source": providers.source,
                                           "db_driver": settings.storage.db_driver})
         return cls(settings, clock, providers, storage, usage, audit, authenticator, bus, proxy, stack,
-                   telemetry=telemetry, prices=prices, metrics=metrics, tracing=tracing, caching=caching)
+                   telemetry=telemetry, prices=prices, metrics=metrics, tracing=tracing, caching=caching,
+                   budget=budget)
 
     async def aclose(self) -> None:
         await self.stack.aclose()
@@ -156,9 +163,21 @@ def _build_caching(settings: Settings, authenticator: Authenticator, telemetry: 
     return ResponseCaching(cache, settings.cache, authenticator=authenticator, observer=telemetry.execute)
 
 
-async def _build_proxy(settings: Settings, providers: ProviderConfig, authenticator: Authenticator,
-                       audit: AuditRecorder, stack: AsyncExitStack, telemetry: Telemetry,
-                       tracing: Tracing | None, caching: ResponseCaching | None) -> ProxyEndpoint:
+def _build_budget(settings: Settings, storage: Storage, audit: AuditRecorder, telemetry: Telemetry, clock: Clock,
+                  stack: AsyncExitStack) -> BudgetGuard | None:
+    """None when SPEND_TRACKING=false: no spend is counted and budgets and alerts are not applied."""
+    if not settings.spend.enabled:
+        return None
+    ledger = SpendLedger(storage.spend, clock, flush_interval=settings.spend.flush_interval, telemetry=telemetry,
+                         audit=audit, logger=logging.getLogger("llm_proxy.spend"))
+    stack.push_async_callback(ledger.aclose)
+    return BudgetGuard(ledger)
+
+
+async def _build_proxy(  # noqa: PLR0913 - one argument per service the endpoint is built from
+        settings: Settings, providers: ProviderConfig, authenticator: Authenticator, audit: AuditRecorder,
+        stack: AsyncExitStack, telemetry: Telemetry, tracing: Tracing | None, caching: ResponseCaching | None, *,
+        budget: BudgetGuard | None = None, prices: PriceTable | None = None) -> ProxyEndpoint:
     provider = providers.active
     upstream = AiohttpUpstream(provider)
     stack.push_async_callback(upstream.aclose)
@@ -172,5 +191,5 @@ async def _build_proxy(settings: Settings, providers: ProviderConfig, authentica
         options=ProxyOptions(max_request_size=settings.server.max_request_size,
                              trust_proxy_headers=settings.server.trusted_proxy_headers, telemetry=telemetry,
                              trace_headers=tracing.propagation_headers if tracing is not None else None,
-                             caching=caching),
+                             caching=caching, budget=budget, prices=prices),
     )

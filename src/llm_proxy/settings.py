@@ -300,6 +300,20 @@ USAGE_VARS: tuple[Var, ...] = (
 
 
 @dataclass(frozen=True)
+class SpendSettings:
+    enabled: bool
+    flush_interval: float
+
+
+SPEND_VARS: tuple[Var, ...] = (
+    Var("SPEND_TRACKING", "enabled", parse_bool, True,
+        "Count each call's cost per project and token: enforce max_budget, send cost_alert_threshold alerts."),
+    Var("SPEND_FLUSH_INTERVAL", "flush_interval", parse_duration, 1.0,
+        "How often each worker writes its spend and re-reads the totals of budgeted projects and tokens."),
+)
+
+
+@dataclass(frozen=True)
 class ObservabilitySettings:
     enabled: bool
     buffer_size: int
@@ -641,6 +655,7 @@ class Settings:
     log: LogSettings
     audit: AuditSettings
     usage: UsageSettings
+    spend: SpendSettings
     observability: ObservabilitySettings
     redis: RedisSettings
     metrics: MetricsSettings
@@ -661,6 +676,7 @@ SECTIONS: tuple[tuple[str, type[Any], tuple[Var, ...]], ...] = (
     ("log", LogSettings, LOG_VARS),
     ("audit", AuditSettings, AUDIT_VARS),
     ("usage", UsageSettings, USAGE_VARS),
+    ("spend", SpendSettings, SPEND_VARS),
     ("observability", ObservabilitySettings, OBSERVABILITY_VARS),
     ("redis", RedisSettings, REDIS_VARS),
     ("metrics", MetricsSettings, METRICS_VARS),

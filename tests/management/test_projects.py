@@ -8,7 +8,8 @@ from tests.management.conftest import Harness
 
 KEY = "sk-live-0123456789abcdef"
 SHOWN_KEY = "sk-live-...cdef"
-PROJECT_FIELDS = {"id", "name", "api_key", "is_active", "deactivated_at", "created_at", "updated_at"}
+PROJECT_FIELDS = {"id", "name", "api_key", "is_active", "deactivated_at", "created_at", "updated_at",
+                  "cost_alert_threshold", "max_budget", "budget_period", "spend_usd"}
 
 
 class TestCreateProject:

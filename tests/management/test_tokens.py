@@ -12,6 +12,7 @@ UNKNOWN_ID = "0b6f7e0e-8d55-4b4e-9a53-2f1c4c8d9e10"
 TOKEN_FIELDS = {
     "id", "token", "project_id", "expires_at", "is_active", "request_count", "max_requests",
     "cache_hit_count", "created_at", "last_used_at", "deactivated_at", "metadata",
+    "cost_alert_threshold", "max_budget", "budget_period", "spend_usd",
 }
 
 

@@ -14,7 +14,8 @@ from llm_proxy.storage.engine import engine_for_url
 from llm_proxy.storage.migrator import head_revision, migrate_down, migrate_up, migration_status
 from llm_proxy.storage.tables import metadata
 
-TABLES = {"projects", "tokens", "audit_events"}
+TABLES = {"projects", "tokens", "audit_events", "spend", "spend_alerts", "spend_workers", "spend_leases"}
+INITIAL_TABLES = {"projects", "tokens", "audit_events"}
 
 
 async def table_names(url: str) -> set[str]:
@@ -49,6 +50,9 @@ class TestMigrator:
         assert await migration_status(fresh_url) == (head, head)
         assert await table_names(fresh_url) >= TABLES
 
+        assert await migrate_down(fresh_url) == "0001"
+        assert await table_names(fresh_url) & TABLES == INITIAL_TABLES
+        assert await schema_differences(fresh_url, metadata) != [], "0002 is rolled back"
         assert await migrate_down(fresh_url) is None
         assert not TABLES & await table_names(fresh_url)
         assert await migrate_down(fresh_url) is None, "down at base is a no-op"

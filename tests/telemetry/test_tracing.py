@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ async def traced(tmp_path: Path) -> AsyncIterator[tuple[LiveProxy, Receiver, lis
     try:
         with otlp_receiver() as receiver:
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "proxy-under-test",
-                   "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"}
+                   "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+                   "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=a%20b"}
             async with running_proxy(tmp_path, env=env) as live:
                 yield live, receiver, stops
     finally:
@@ -38,7 +38,7 @@ async def flush(live: LiveProxy) -> None:
     services = live.app.services
     assert services is not None
     assert services.tracing is not None
-    await asyncio.to_thread(services.tracing.provider.force_flush)
+    await services.tracing.flush()
 
 
 def by_trace(spans: list[ReceivedSpan], trace_id: str) -> dict[str, ReceivedSpan]:
@@ -72,6 +72,8 @@ class TestTracing:
         assert server.resource["service.name"] == "proxy-under-test"
         assert server.resource["deployment.environment"] == "test"
         assert receiver.content_types[0] == "application/x-protobuf"
+        assert receiver.headers[0]["x-tenant"] == "a b"
+        assert server.start <= auth.start <= auth.end <= client.start <= client.end <= server.end
         assert [s["trace_id"] for s in stops] == [CLIENT_TRACE]
         assert stops[0]["event"].trace_id == CLIENT_TRACE
 
@@ -84,9 +86,11 @@ class TestTracing:
         async with live.http.post(f"{live.url}/v1/chat/completions", json=CHAT, headers=headers) as resp:
             echoed = {k.lower(): v for k, v in (await resp.json())["headers"].items()}
         await flush(live)
-        client = next(s for s in receiver.wait_for(3) if s.kind == CLIENT)
+        spans = receiver.wait_for(3)
+        client = next(s for s in spans if s.kind == CLIENT)
         assert echoed["traceparent"] == f"00-{CLIENT_TRACE}-{client.span_id}-01"
         assert echoed["tracestate"] == "vendor=1"
+        assert {s.trace_state for s in spans} == {"vendor=1"}
 
     async def test_an_unsampled_client_trace_exports_nothing_but_still_propagates(
             self, traced: tuple[LiveProxy, Receiver, list[dict[str, Any]]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from llm_proxy.cli.manage_client import (
     when,
 )
 from llm_proxy.cli.options import build_environment
+from llm_proxy.records import BUDGET_PERIODS
 
 DEFAULT_BASE_URL = "http://localhost:8080"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,6 +108,49 @@ class JsonObject(click.ParamType[dict[str, Any]]):
         return parsed
 
 
+CLEAR = "none"
+
+
+class UsdAmount(click.ParamType[Any]):
+    """A non-negative amount of USD, or `none` to send null (no budget / no alert)."""
+
+    name = "USD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or value == CLEAR:
+            return value
+        if str(value).strip().lower() == CLEAR:
+            return CLEAR
+        try:
+            amount = float(value)
+        except ValueError:
+            self.fail(f"expected an amount in USD like 25 or 0.5, or none; got {value!r}", param, ctx)
+        if not math.isfinite(amount) or amount < 0:
+            self.fail(f"must be a finite amount >= 0, got {value!r}", param, ctx)
+        return amount
+
+
+def spend_options(command: F) -> F:
+    command = click.option(
+        "--budget-period", type=click.Choice(BUDGET_PERIODS),
+        help="UTC period of the budget and the alert (default monthly).",
+    )(command)
+    command = click.option(
+        "--cost-alert-threshold", type=UsdAmount(),
+        help="Alert (telemetry and audit) once per period when the spend reaches this many USD; none clears it.",
+    )(command)
+    return click.option(
+        "--max-budget", type=UsdAmount(),
+        help="Refuse calls (429 budget_exceeded) once the period's spend reaches this many USD; none clears it.",
+    )(command)
+
+
+def _spend_body(max_budget: Any, cost_alert_threshold: Any, budget_period: str | None) -> dict[str, Any]:
+    given = {"max_budget": max_budget, "cost_alert_threshold": cost_alert_threshold,
+             "budget_period": budget_period}
+    return {name: None if value == CLEAR else value for name, value in given.items() if value is not None}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @connection_options
 @click.pass_context
@@ -164,10 +209,13 @@ def project_get(ctx: click.Context, project_id: str, as_json: bool) -> None:
 @leaf(project, "create")
 @click.option("--name", required=True, help="Unique project name.")
 @click.option("--api-key", "--openai-key", "api_key", required=True, help="The upstream provider API key.")
+@spend_options
 @json_option
-def project_create(ctx: click.Context, name: str, api_key: str, as_json: bool) -> None:
+def project_create(ctx: click.Context, name: str, api_key: str, max_budget: Any, cost_alert_threshold: Any,
+                   budget_period: str | None, as_json: bool) -> None:
     """Create a project."""
-    reply = client(ctx).call("POST", "/manage/projects", body={"name": name, "api_key": api_key})
+    body = {"name": name, "api_key": api_key, **_spend_body(max_budget, cost_alert_threshold, budget_period)}
+    reply = client(ctx).call("POST", "/manage/projects", body=body)
     emit(reply.body, as_json=as_json, text=project_fields(reply.body))
 
 
@@ -176,14 +224,18 @@ def project_create(ctx: click.Context, name: str, api_key: str, as_json: bool) -
 @click.option("--name", help="New name.")
 @click.option("--api-key", "--openai-key", "api_key", help="New upstream provider API key.")
 @click.option("--active/--inactive", "is_active", default=None, help="Reactivate or deactivate.")
+@spend_options
 @json_option
 def project_update(ctx: click.Context, project_id: str, name: str | None, api_key: str | None,
-                   is_active: bool | None, as_json: bool) -> None:
-    """Change a project's name, API key or activity."""
+                   is_active: bool | None, max_budget: Any, cost_alert_threshold: Any, budget_period: str | None,
+                   as_json: bool) -> None:
+    """Change a project's name, API key, activity, budget or alert threshold."""
     body = {k: v for k, v in {"name": name, "api_key": api_key, "is_active": is_active}.items()
             if v is not None}
+    body |= _spend_body(max_budget, cost_alert_threshold, budget_period)
     if not body:
-        raise click.UsageError("give at least one of --name, --api-key, --active/--inactive")
+        raise click.UsageError("give at least one of --name, --api-key, --active/--inactive, --max-budget, "
+                               "--cost-alert-threshold, --budget-period")
     reply = client(ctx).call("PATCH", f"/manage/projects/{project_id}", body=body)
     emit(reply.body, as_json=as_json, text=project_fields(reply.body))
 
@@ -217,11 +269,14 @@ def _created_text(created: dict[str, Any]) -> str:
               help="Lifetime in minutes (max 525600 = 365 days).")
 @click.option("--max-requests", type=click.IntRange(min=0), help="Lifetime request quota (0: unlimited).")
 @click.option("--metadata", type=JsonObject(), help='JSON object, e.g. \'{"user_id": "alice"}\'.')
+@spend_options
 @json_option
 def token_create(ctx: click.Context, project_id: str, duration: int, max_requests: int | None,
-                 metadata: dict[str, Any] | None, as_json: bool) -> None:
+                 metadata: dict[str, Any] | None, max_budget: Any, cost_alert_threshold: Any,
+                 budget_period: str | None, as_json: bool) -> None:
     """Issue a token; the secret is printed once."""
-    body: dict[str, Any] = {"project_id": project_id, "duration_minutes": duration}
+    body: dict[str, Any] = {"project_id": project_id, "duration_minutes": duration,
+                            **_spend_body(max_budget, cost_alert_threshold, budget_period)}
     if max_requests is not None:
         body["max_requests"] = max_requests
     if metadata is not None:
@@ -263,14 +318,18 @@ def token_get(ctx: click.Context, token_id: str, as_json: bool) -> None:
 @click.option("--max-requests", type=click.IntRange(min=0), help="New quota (0: unlimited).")
 @click.option("--active/--inactive", "is_active", default=None, help="Reactivate or deactivate.")
 @click.option("--metadata", type=JsonObject(), help="Replace the metadata (JSON object).")
+@spend_options
 @json_option
 def token_update(ctx: click.Context, token_id: str, max_requests: int | None, is_active: bool | None,
-                 metadata: dict[str, Any] | None, as_json: bool) -> None:
-    """Change a token's quota, activity or metadata."""
+                 metadata: dict[str, Any] | None, max_budget: Any, cost_alert_threshold: Any,
+                 budget_period: str | None, as_json: bool) -> None:
+    """Change a token's quota, activity, metadata, budget or alert threshold."""
     body = {k: v for k, v in {"max_requests": max_requests, "is_active": is_active,
                               "metadata": metadata}.items() if v is not None}
+    body |= _spend_body(max_budget, cost_alert_threshold, budget_period)
     if not body:
-        raise click.UsageError("give at least one of --max-requests, --active/--inactive, --metadata")
+        raise click.UsageError("give at least one of --max-requests, --active/--inactive, --metadata, "
+                               "--max-budget, --cost-alert-threshold, --budget-period")
     reply = client(ctx).call("PATCH", f"/manage/tokens/{token_id}", body=body)
     emit(reply.body, as_json=as_json, text=token_fields(reply.body))
 

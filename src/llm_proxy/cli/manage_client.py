@@ -101,6 +101,17 @@ def quota(token: Mapping[str, Any]) -> str:
     return f"{token.get('request_count', 0)}/{limit if limit is not None else 'unlimited'}"
 
 
+def usd(value: Any) -> str:
+    return "none" if value is None else f"${value:g}"
+
+
+def spend_fields(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    period = record.get("budget_period", "monthly")
+    return [("Budget", f"{usd(record.get('max_budget'))} {period}"),
+            ("Alert at", usd(record.get("cost_alert_threshold"))),
+            ("Spent", f"${record.get('spend_usd', 0.0):.6f} this period")]
+
+
 def project_table(projects: Sequence[Mapping[str, Any]]) -> str:
     rows = [[p["id"], p["name"], p["api_key"], "yes" if p["is_active"] else "no",
              when(p["created_at"]), when(p["updated_at"])] for p in projects]
@@ -113,6 +124,7 @@ def project_fields(project: Mapping[str, Any]) -> str:
         ("Active", "yes" if project["is_active"] else "no"),
         ("Deactivated", when(project.get("deactivated_at"))),
         ("Created", when(project["created_at"])), ("Updated", when(project["updated_at"])),
+        *spend_fields(project),
     ])
 
 
@@ -130,6 +142,7 @@ def token_fields(token: Mapping[str, Any]) -> str:
         ("Created", when(token.get("created_at"))), ("Last used", when(token.get("last_used_at"))),
         ("Deactivated", when(token.get("deactivated_at"))),
         ("Metadata", json.dumps(token.get("metadata") or {}, sort_keys=True)),
+        *spend_fields(token),
     ])
 
 

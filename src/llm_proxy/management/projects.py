@@ -20,6 +20,7 @@ from llm_proxy.management.params import (
 )
 from llm_proxy.management.responses import json_model, json_page, offset
 from llm_proxy.management.schemas import ProjectCreate, ProjectOut, ProjectUpdate
+from llm_proxy.management.spend import LIMIT_FIELDS, limits_update, new_limits, period_of, spend_of
 from llm_proxy.records import Project
 from llm_proxy.storage import UNSET, Unset
 from llm_proxy.tokens.format import looks_obfuscated, obfuscate_api_key
@@ -29,12 +30,19 @@ OBFUSCATED_KEY = "cannot save obfuscated API key - please provide the full API k
 REVOKE_MISUSE = "revoke_tokens requires is_active=false"
 
 
-def project_view(project: Project) -> ProjectOut:
+def project_view(project: Project, spend_usd: float = 0.0) -> ProjectOut:
     return ProjectOut(
         id=project.id, name=project.name, api_key=obfuscate_api_key(project.api_key),
         is_active=project.is_active, deactivated_at=project.deactivated_at,
         created_at=project.created_at, updated_at=project.updated_at,
+        cost_alert_threshold=project.cost_alert_threshold, max_budget=project.max_budget,
+        budget_period=period_of(project.budget_period), spend_usd=spend_usd,
     )
+
+
+async def _viewed(deps: Deps, project: Project) -> ProjectOut:
+    spent = await spend_of(deps, "project", [project])
+    return project_view(project, spent.get(project.id, 0.0))
 
 
 def _duplicate_name() -> ManagementError:
@@ -51,7 +59,9 @@ async def list_projects(
         items = await store.list(active_only=active_only, limit=page_size,
                                  offset=offset(page, page_size))
         act.details.update(project_count=len(items), total_count=total, page=page)
-    return json_page([project_view(p) for p in items], total=total, page=page, page_size=page_size)
+        spent = await spend_of(deps, "project", items)
+    return json_page([project_view(p, spent.get(p.id, 0.0)) for p in items], total=total, page=page,
+                     page_size=page_size)
 
 
 async def create_project(request: Request, deps: Deps, trail: Trail) -> Response:
@@ -61,7 +71,8 @@ async def create_project(request: Request, deps: Deps, trail: Trail) -> Response
         if looks_obfuscated(body.api_key):
             raise ManagementError(400, OBFUSCATED_KEY)
         try:
-            project = await deps.storage.projects.create(body.name, body.api_key)
+            project = await deps.storage.projects.create(
+                body.name, body.api_key, limits=new_limits(body, body.budget_period))
         except DuplicateError:
             raise _duplicate_name() from None
         act.project_id = project.id
@@ -76,7 +87,8 @@ async def get_project(project_id: ProjectId, deps: Deps, trail: Trail) -> Respon
         project = await deps.storage.projects.get(pid)
         if project is None:
             raise ManagementError(404, NOT_FOUND)
-    return json_model(project_view(project))
+        view = await _viewed(deps, project)
+    return json_model(view)
 
 
 async def update_project(project_id: ProjectId, request: Request, deps: Deps, trail: Trail) -> Response:
@@ -94,8 +106,9 @@ async def update_project(project_id: ProjectId, request: Request, deps: Deps, tr
         if body.revoke_tokens and current.is_active and not updated.is_active:
             result = await deps.storage.tokens.revoke_project(pid)
             act.details["tokens_revoked"] = result.revoked
+        view = await _viewed(deps, updated)
     deps.project_changed(pid)
-    return json_model(project_view(updated))
+    return json_model(view)
 
 
 async def _apply_update(deps: Deps, project_id: str, body: ProjectUpdate) -> Project:
@@ -110,6 +123,7 @@ async def _apply_update(deps: Deps, project_id: str, body: ProjectUpdate) -> Pro
             name=body.name if body.name is not None else UNSET,
             api_key=api_key,
             is_active=body.is_active if body.is_active is not None else UNSET,
+            limits=limits_update(body, body.budget_period),
         )
     except DuplicateError:
         raise _duplicate_name() from None
@@ -121,7 +135,8 @@ async def _apply_update(deps: Deps, project_id: str, body: ProjectUpdate) -> Pro
 def _updated_fields(body: ProjectUpdate, before: Project, after: Project) -> list[str]:
     given = {"name": body.name is not None, "api_key": bool(body.api_key),
              "is_active": body.is_active is not None,
-             "deactivated_at": before.is_active != after.is_active}
+             "deactivated_at": before.is_active != after.is_active,
+             **{name: name in body.model_fields_set for name in LIMIT_FIELDS}}
     return [name for name, changed in given.items() if changed]
 
 

@@ -8,7 +8,7 @@ Messages for the predecessor's well-known failures are kept in `MESSAGES` per mo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -21,6 +21,7 @@ MAX_DURATION_MINUTES = 525_600
 MAX_REQUESTS_LIMIT = 2_147_483_647
 METADATA_MAX_BYTES = 16 * 1024
 METADATA_MAX_DEPTH = 32
+MAX_USD = 1e12
 
 MessageKey = tuple[str, str]
 
@@ -80,6 +81,27 @@ Metadata = Annotated[dict[str, Any] | None, Field(
 MaxRequests = Annotated[int | None, Field(
     ge=0, le=MAX_REQUESTS_LIMIT, description="Lifetime request quota; 0 or null means unlimited.",
 ), BeforeValidator(_integral)]
+BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
+AlertThreshold = Annotated[float | None, Field(
+    ge=0, le=MAX_USD, allow_inf_nan=False,
+    description="USD: when the spend of the current budget period reaches it, a `cost.threshold_exceeded` "
+    "telemetry event and audit entry are emitted, once per period. null: no alert.",
+)]
+MaxBudget = Annotated[float | None, Field(
+    ge=0, le=MAX_USD, allow_inf_nan=False,
+    description="USD: once the spend of the current budget period reaches it, calls are refused with 429 "
+    "`budget_exceeded` until the period ends. null: no budget.",
+)]
+LIMIT_MESSAGES: dict[MessageKey, str] = {
+    (name, kind): f"{name} must be {rule}"
+    for name in ("cost_alert_threshold", "max_budget")
+    for kind, rule in (("greater_than_equal", ">= 0"), ("less_than_equal", f"<= {MAX_USD:.0f}"),
+                       ("finite_number", "a finite number"))
+}
+PeriodField = Annotated[BudgetPeriod, Field(
+    description="UTC calendar period of the budget and the alert: daily, weekly (from Monday), monthly, "
+    "or total (all time).",
+)]
 
 
 class ProjectCreate(RequestModel):
@@ -89,7 +111,11 @@ class ProjectCreate(RequestModel):
         description="The upstream provider key, in full (obfuscated keys are refused).",
         json_schema_extra={"not": {"pattern": OBFUSCATED_PATTERN}},
     )]
+    cost_alert_threshold: AlertThreshold = None
+    max_budget: MaxBudget = None
+    budget_period: PeriodField = "monthly"
 
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("budget_period",)
     MESSAGES: ClassVar[dict[MessageKey, str]] = {
         ("name", "missing"): "name and api_key are required",
         ("name", "string_too_short"): "name and api_key are required",
@@ -97,6 +123,7 @@ class ProjectCreate(RequestModel):
         ("api_key", "string_too_short"): "name and api_key are required",
         ("name", "string_pattern_mismatch"):
             "name must contain a visible character and no control characters",
+        **LIMIT_MESSAGES,
     }
 
 
@@ -111,8 +138,11 @@ class ProjectUpdate(RequestModel):
     revoke_tokens: Annotated[bool | None, Field(
         description="Only together with is_active=false: also revoke every token of the project.",
     )] = None
+    cost_alert_threshold: AlertThreshold = None
+    max_budget: MaxBudget = None
+    budget_period: PeriodField | None = None
 
-    NOT_NULL: ClassVar[tuple[str, ...]] = ("name", "api_key", "is_active", "revoke_tokens")
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("name", "api_key", "is_active", "revoke_tokens", "budget_period")
     SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {"dependentSchemas": {
         "revoke_tokens": {"required": ["is_active"], "properties": {"is_active": {"const": False}}},
     }}
@@ -121,6 +151,7 @@ class ProjectUpdate(RequestModel):
             "name must contain a visible character and no control characters",
         ("name", "string_pattern_mismatch"):
             "name must contain a visible character and no control characters",
+        **LIMIT_MESSAGES,
     }
 
 
@@ -132,7 +163,11 @@ class TokenCreate(RequestModel):
     project_id: Annotated[str, Field(min_length=1, max_length=255)]
     max_requests: MaxRequests = None
     metadata: Metadata = None
+    cost_alert_threshold: AlertThreshold = None
+    max_budget: MaxBudget = None
+    budget_period: PeriodField = "monthly"
 
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("budget_period",)
     MESSAGES: ClassVar[dict[MessageKey, str]] = {
         ("duration_minutes", "less_than_equal"): "duration_minutes exceeds maximum allowed",
         ("duration_minutes", "greater_than_equal"): "project_id and duration_minutes are required",
@@ -140,6 +175,7 @@ class TokenCreate(RequestModel):
         ("project_id", "missing"): "project_id is required",
         ("project_id", "string_too_short"): "project_id is required",
         ("max_requests", "greater_than_equal"): "max_requests must be >= 0",
+        **LIMIT_MESSAGES,
     }
 
 
@@ -147,11 +183,15 @@ class TokenUpdate(RequestModel):
     is_active: bool | None = None
     max_requests: MaxRequests = None
     metadata: Metadata = None
+    cost_alert_threshold: AlertThreshold = None
+    max_budget: MaxBudget = None
+    budget_period: PeriodField | None = None
 
-    NOT_NULL: ClassVar[tuple[str, ...]] = ("is_active",)
+    NOT_NULL: ClassVar[tuple[str, ...]] = ("is_active", "budget_period")
     SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {"minProperties": 1}
     MESSAGES: ClassVar[dict[MessageKey, str]] = {
         ("max_requests", "greater_than_equal"): "max_requests must be >= 0",
+        **LIMIT_MESSAGES,
     }
 
 
@@ -168,6 +208,14 @@ class Error(BaseModel):
     message: str | None = Field(default=None, description="Extra explanation, when there is one.")
 
 
+ThresholdOut = Annotated[float | None, Field(description="USD; null: no alert.")]
+BudgetOut = Annotated[float | None, Field(description="USD; null: no budget.")]
+SpendUsd = Annotated[float, Field(
+    description="Spend of the current budget period (UTC) as recorded by the proxies, which write it every "
+    "SPEND_FLUSH_INTERVAL (1 s by default).",
+)]
+
+
 class ProjectOut(BaseModel):
     id: str
     name: str
@@ -176,6 +224,10 @@ class ProjectOut(BaseModel):
     deactivated_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    cost_alert_threshold: ThresholdOut
+    max_budget: BudgetOut
+    budget_period: BudgetPeriod
+    spend_usd: SpendUsd
 
 
 class TokenOut(BaseModel):
@@ -191,6 +243,10 @@ class TokenOut(BaseModel):
     last_used_at: datetime | None
     deactivated_at: datetime | None
     metadata: dict[str, Any]
+    cost_alert_threshold: ThresholdOut
+    max_budget: BudgetOut
+    budget_period: BudgetPeriod
+    spend_usd: SpendUsd
 
 
 class TokenCreated(TokenOut):

@@ -32,6 +32,7 @@ from llm_proxy.management.schemas import (
     TokenOut,
     TokenUpdate,
 )
+from llm_proxy.management.spend import changed_limits, limits_update, new_limits, period_of, spend_of
 from llm_proxy.records import Project, Token
 from llm_proxy.storage import UNSET
 from llm_proxy.tokens.format import generate_token, hash_token, token_hint
@@ -40,15 +41,21 @@ NOT_FOUND = "token not found"
 PROJECT_NOT_FOUND = "project not found"
 
 
-def token_view(token: Token) -> TokenOut:
+def token_view(token: Token, spend_usd: float = 0.0) -> TokenOut:
     return TokenOut(
         id=token.id, token=token.token_hint, project_id=token.project_id,
         expires_at=token.expires_at, is_active=token.is_active,
         request_count=token.request_count, max_requests=token.max_requests,
         cache_hit_count=token.cache_hit_count, created_at=token.created_at,
         last_used_at=token.last_used_at, deactivated_at=token.deactivated_at,
-        metadata=token.metadata,
+        metadata=token.metadata, cost_alert_threshold=token.cost_alert_threshold,
+        max_budget=token.max_budget, budget_period=period_of(token.budget_period), spend_usd=spend_usd,
     )
+
+
+async def _viewed(deps: Deps, token: Token) -> TokenOut:
+    spent = await spend_of(deps, "token", [token])
+    return token_view(token, spent.get(token.id, 0.0))
 
 
 def _depth(value: Any) -> int:
@@ -96,6 +103,7 @@ async def create_token(request: Request, deps: Deps, trail: Trail) -> Response:
         token = await deps.storage.tokens.create(
             project_id=project.id, token_hash=hash_token(secret), token_hint=token_hint(secret),
             expires_at=expires_at, max_requests=body.max_requests or None, metadata=metadata,
+            limits=new_limits(body, body.budget_period),
         )
         act.token_id = token.id
         act.details.update(duration_minutes=body.duration_minutes, expires_at=expires_at.isoformat(),
@@ -124,7 +132,9 @@ async def list_tokens(
         act.project_id = wanted.lower() if wanted is not None and is_uuid(wanted) else None
         act.details.update(token_count=len(items), total_count=total, page=page,
                            filtered_by_project=wanted is not None)
-    return json_page([token_view(t) for t in items], total=total, page=page, page_size=page_size)
+        spent = await spend_of(deps, "token", items)
+    return json_page([token_view(t, spent.get(t.id, 0.0)) for t in items], total=total, page=page,
+                     page_size=page_size)
 
 
 async def _token_page(
@@ -152,7 +162,8 @@ async def get_token(token_id: TokenId, deps: Deps, trail: Trail) -> Response:
         act.token_id = tid = parse_id(token_id, NOT_FOUND)
         token = await _existing(deps, tid)
         act.project_id = token.project_id
-    return json_model(token_view(token))
+        view = await _viewed(deps, token)
+    return json_model(view)
 
 
 async def update_token(token_id: TokenId, request: Request, deps: Deps, trail: Trail) -> Response:
@@ -168,13 +179,15 @@ async def update_token(token_id: TokenId, request: Request, deps: Deps, trail: T
             is_active=body.is_active if body.is_active is not None else UNSET,
             max_requests=(body.max_requests or None) if "max_requests" in given else UNSET,
             metadata=metadata,
+            limits=limits_update(body, body.budget_period),
         )
         if token is None:
             raise ManagementError(404, NOT_FOUND)
         act.project_id = token.project_id
         act.details.update(_update_details(body, given, token))
+        view = await _viewed(deps, token)
     deps.token_changed(tid)
-    return json_model(token_view(token))
+    return json_model(view)
 
 
 def _update_details(body: TokenUpdate, given: set[str], token: Token) -> dict[str, Any]:
@@ -185,7 +198,7 @@ def _update_details(body: TokenUpdate, given: set[str], token: Token) -> dict[st
         details["updated_max_requests"] = token.max_requests or "unlimited"
     if "metadata" in given:
         details["updated_metadata_keys"] = sorted(token.metadata)
-    return details
+    return details | changed_limits(body)
 
 
 async def revoke_token(token_id: TokenId, deps: Deps, trail: Trail) -> Response:

@@ -10,7 +10,8 @@ blocks or raises) and the same numbers go to `llm_proxy.proxy.request.stop` (or 
 for the metrics and tracing handlers. Cache hits publish no event but do emit the stop.
 
 The timing headers are measured when the response starts: Upstream-Ms is the time from sending
-the upstream request to receiving its headers, Overhead-Ms the rest of the time up to then.
+the upstream request to receiving its headers (its whole body when the endpoint read the body
+first, to price it), Overhead-Ms the rest of the time up to then.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from llm_proxy.middleware.usage import usage_from_response
 from llm_proxy.settings import ObservabilitySettings
 from llm_proxy.telemetry import Telemetry
 from llm_proxy.telemetry.cost import Cost, PriceTable
+from llm_proxy.tokens.budget import TICKET_KEY
 
 log = logging.getLogger("llm_proxy.instrumentation")
 
@@ -36,11 +38,13 @@ START = "llm_proxy.proxy.request.start"
 STOP = "llm_proxy.proxy.request.stop"
 EXCEPTION = "llm_proxy.proxy.request.exception"
 COST = "llm_proxy.cost.calculated"
+TAIL_BYTES = 16 * 1024
 _NO_USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
 
 
 class _Capture:
-    __slots__ = ("body", "content_encoding", "content_type", "first_chunk", "headers", "limit", "size", "status")
+    __slots__ = ("body", "content_encoding", "content_type", "first_chunk", "headers", "limit", "size", "status",
+                 "tail")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -51,6 +55,18 @@ class _Capture:
         self.first_chunk: float | None = None
         self.content_type = ""
         self.content_encoding: str | None = None
+        self.tail = b""
+        """The last bytes of a body longer than `limit`: a stream's usage is in its last frames."""
+
+    def keep_tail(self, chunk: bytes) -> None:
+        self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+
+    def usage(self) -> dict[str, int] | None:
+        encoded = self.content_encoding is not None
+        found = usage_from_response(bytes(self.body), self.content_type, encoded)
+        if found is None and self.tail and self.content_type.startswith("text/event-stream"):
+            found = usage_from_response(self.tail, self.content_type, encoded)
+        return found
 
     def note_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
@@ -94,6 +110,8 @@ class InstrumentationMiddleware:
                 room = capture.limit - len(capture.body)
                 if room > 0 and chunk:
                     capture.body += chunk[:room]
+                if capture.size > capture.limit:
+                    capture.keep_tail(chunk)
             elif message["type"] == "http.response.start":
                 capture.status = message["status"]
                 capture.note_headers(message.get("headers", []))
@@ -108,17 +126,23 @@ class InstrumentationMiddleware:
             failure = exc
             raise
         finally:
-            self._finish(scope, ctx, capture, failure)
+            spent = self._finish(scope, ctx, capture, failure)
+            ticket = scope.get(TICKET_KEY)
+            if ticket is not None:  # the budget guard admitted this call: hand it the cost
+                ticket.settle(spent)
 
     def _finish(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture,
-                failure: BaseException | None) -> None:
+                failure: BaseException | None) -> float | None:
+        """Publish and emit; return the cost (0 when unpriced, None without usage) for budgets."""
+        spent = None
         try:
             ended = time.monotonic()
             usage = None
             if ctx.cache_status not in NO_EVENT_CACHE_STATUSES:  # a hit replays usage nobody pays for
-                usage = ctx.usage or usage_from_response(bytes(capture.body), capture.content_type,
-                                                         capture.content_encoding is not None)
+                usage = ctx.usage or capture.usage()
             cost = self._price(ctx, usage)
+            if usage is not None:
+                spent = cost.total if cost is not None else 0.0
             event = None
             if self.bus is not None and ctx.cache_status not in NO_EVENT_CACHE_STATUSES:
                 event = self._event(scope, ctx, capture, usage, cost, ended)
@@ -126,6 +150,7 @@ class InstrumentationMiddleware:
             self._emit(scope, ctx, capture, usage, cost, ended, event, failure)
         except Exception:  # the request is done; an event bug must never surface to the client
             log.exception("could not build the event of request %s", ctx.request_id)
+        return spent
 
     def _price(self, ctx: RequestContext, usage: dict[str, int] | None) -> Cost | None:
         if usage is None or self.prices is None:
@@ -231,7 +256,7 @@ def _with_timing(message: dict[str, Any], ctx: RequestContext) -> dict[str, Any]
     elapsed = (time.monotonic() - ctx.started) * 1000.0
     headers = list(message.get("headers", ()))
     if ctx.upstream_started is not None and ctx.upstream_first_byte is not None:
-        upstream = (ctx.upstream_first_byte - ctx.upstream_started) * 1000.0
+        upstream = ((ctx.upstream_finished or ctx.upstream_first_byte) - ctx.upstream_started) * 1000.0
         headers.append((b"x-llm-proxy-upstream-ms", b"%.2f" % upstream))
         elapsed -= upstream
     headers.append((b"x-llm-proxy-overhead-ms", b"%.2f" % elapsed))

@@ -25,11 +25,14 @@ from llm_proxy.errors import ProxyError
 from llm_proxy.proxy import headers as hdr
 from llm_proxy.proxy.breaker import CircuitBreaker
 from llm_proxy.proxy.caching import Lookup, ResponseCaching
+from llm_proxy.proxy.priced import priceable, relay_priced
 from llm_proxy.proxy.providers import Provider
 from llm_proxy.proxy.upstream import Upstream, UpstreamTimeoutError, UpstreamUnreachableError
 from llm_proxy.proxy.validation import RequestValidator
 from llm_proxy.telemetry import Telemetry
+from llm_proxy.telemetry.cost import PriceTable
 from llm_proxy.tokens.authenticator import Authenticator, Grant
+from llm_proxy.tokens.budget import TICKET_KEY, BudgetGuard
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -41,7 +44,7 @@ _JSON_TYPES = (b"application/json", b"application/json;", b"application/json; ch
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 AUDITED_CODES = frozenset({
     "invalid_token", "token_not_found", "token_inactive", "token_expired", "rate_limit_exceeded",
-    "project_inactive", "origin_not_allowed",
+    "project_inactive", "origin_not_allowed", "budget_exceeded",
 })
 
 
@@ -53,6 +56,10 @@ class ProxyOptions:
     trace_headers: Callable[[], list[tuple[str, str]]] | None = None
     """With tracing on: the current span's `traceparent`/`tracestate`, which replace the client's."""
     caching: ResponseCaching | None = None
+    budget: BudgetGuard | None = None
+    """Spend budgets (SPEND_TRACKING); the admitted call's ticket is settled by the instrumentation."""
+    prices: PriceTable | None = None
+    """Prices non-streamed JSON answers for `X-LLM-Proxy-Cost`; None: the header is never sent."""
     """The response cache; None when HTTP_CACHE_ENABLED is false (then no request does cache work)."""
 
 
@@ -71,6 +78,8 @@ class ProxyEndpoint:
         self.telemetry = options.telemetry or Telemetry()
         self._trace_headers = options.trace_headers
         self.caching = options.caching
+        self.budget = options.budget
+        self.prices = options.prices
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx: RequestContext | None = scope.get("llm_proxy")
@@ -96,6 +105,8 @@ class ProxyEndpoint:
                     lookup = await caching.consult(rule, scope, headers, grant, ctx, send)
                 if lookup is None:
                     return
+            if self.budget is not None:
+                scope[TICKET_KEY] = await self.budget.admit(grant)
             key = await self.authenticator.upstream_key(grant.project_id)
             self.breaker.before_call()
             with self.telemetry.span("llm_proxy.upstream.request",
@@ -183,6 +194,8 @@ class ProxyEndpoint:
         try:
             if lookup is not None:
                 await lookup.relay(response, out, send, ctx)
+            elif self.prices is not None and priceable(out, ctx):
+                await relay_priced(response, out, send, ctx, self.prices)
             else:
                 await send({"type": "http.response.start", "status": response.status, "headers": out})
                 async for chunk in response.chunks():

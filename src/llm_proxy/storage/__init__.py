@@ -14,7 +14,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from llm_proxy.records import AuditEntry, AuditQuery, Project, QuotaOutcome, Token, UsageDelta
+from llm_proxy.records import (
+    NO_LIMITS,
+    AuditEntry,
+    AuditQuery,
+    LeaseGrant,
+    LeaseRequest,
+    Project,
+    QuotaOutcome,
+    SpendAmount,
+    SpendLimits,
+    SpendScope,
+    Token,
+    UsageDelta,
+)
 
 
 class Unset:
@@ -41,8 +54,25 @@ class RevokeResult:
     total: int
 
 
+@dataclass(frozen=True, slots=True)
+class LimitsUpdate:
+    """A partial change of spend settings: UNSET fields are kept, None clears an amount."""
+
+    cost_alert_threshold: float | Unset | None = UNSET
+    max_budget: float | Unset | None = UNSET
+    budget_period: str | Unset = UNSET
+
+    def values(self) -> dict[str, Any]:
+        given = {"cost_alert_threshold": self.cost_alert_threshold, "max_budget": self.max_budget,
+                 "budget_period": self.budget_period}
+        return {name: value for name, value in given.items() if not isinstance(value, Unset)}
+
+
+NO_CHANGE = LimitsUpdate()
+
+
 class ProjectStore(Protocol):
-    async def create(self, name: str, api_key: str) -> Project:
+    async def create(self, name: str, api_key: str, *, limits: SpendLimits = NO_LIMITS) -> Project:
         """Insert an active project with a new UUIDv4 id; DuplicateError if the name is taken."""
         ...
 
@@ -61,6 +91,7 @@ class ProjectStore(Protocol):
         name: str | Unset = UNSET,
         api_key: str | Unset = UNSET,
         is_active: bool | Unset = UNSET,
+        limits: LimitsUpdate = NO_CHANGE,
     ) -> Project | None:
         """Apply the given fields; true→false sets deactivated_at, false→true clears it.
 
@@ -79,6 +110,7 @@ class TokenStore(Protocol):
         expires_at: datetime | None,
         max_requests: int | None,
         metadata: Mapping[str, Any],
+        limits: SpendLimits = NO_LIMITS,
     ) -> Token: ...
 
     async def get(self, token_id: str) -> Token | None: ...
@@ -101,6 +133,7 @@ class TokenStore(Protocol):
         max_requests: int | Unset | None = UNSET,
         metadata: Mapping[str, Any] | Unset = UNSET,
         expires_at: datetime | Unset | None = UNSET,
+        limits: LimitsUpdate = NO_CHANGE,
     ) -> Token | None:
         """Update only the given columns (never counters); is_active false sets deactivated_at."""
         ...
@@ -136,6 +169,46 @@ class AuditStore(Protocol):
         ...
 
 
+class SpendStore(Protocol):
+    """Spend per project and token in daily (UTC) rows; a period's spend is the sum of its days."""
+
+    async def add(self, amounts: Mapping[tuple[SpendScope, datetime], SpendAmount]) -> None:
+        """Add each amount to its (scope, day) row, creating it if missing, in one transaction.
+
+        `usd` is added atomically (`spent = spent + x`, an upsert on every dialect); `max_call`
+        keeps the larger value. Concurrent writers never lose an increment.
+        """
+        ...
+
+    async def totals(self, since: Mapping[SpendScope, datetime]) -> dict[SpendScope, SpendAmount]:
+        """Each scope's spend from its day `since` on; scopes without spend are absent."""
+        ...
+
+    async def claim_alert(self, scope: SpendScope, period: str, period_start: datetime, *,
+                          threshold: float, spent: float, at: datetime) -> bool:
+        """Record that the threshold alert of this period was sent; True only for the first caller."""
+        ...
+
+    async def heartbeat(self, worker_id: str, at: datetime, *, live_since: datetime,
+                        forget_before: datetime) -> int:
+        """Announce a live proxy worker; return the number of workers seen since `live_since`."""
+        ...
+
+    async def grant_lease(self, request: LeaseRequest) -> LeaseGrant:
+        """Lease a worker more of a scope's budget, one grant of the scope at a time.
+
+        Grants the larger of `need` and a fair part of what is free (1/(2·workers)); when less
+        than `need` is free, nothing, or with `take_rest` all that is free. So recorded spend
+        plus all unexpired leases never exceed `budget`.
+        """
+        ...
+
+    async def set_leases(self, worker_id: str, leases: Mapping[SpendScope, tuple[datetime, float]],
+                         expires: datetime) -> None:
+        """Set this worker's leases (period start, USD) and their expiry; only ever to less than granted."""
+        ...
+
+
 class Storage(Protocol):
     @property
     def projects(self) -> ProjectStore: ...
@@ -145,6 +218,9 @@ class Storage(Protocol):
 
     @property
     def audit(self) -> AuditStore: ...
+
+    @property
+    def spend(self) -> SpendStore: ...
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""
@@ -158,11 +234,14 @@ class Storage(Protocol):
 
 
 __all__ = [
+    "NO_CHANGE",
     "UNSET",
     "AuditStore",
+    "LimitsUpdate",
     "ProjectStore",
     "RevokeResult",
     "Sequence",
+    "SpendStore",
     "Storage",
     "TokenStore",
     "Unset",

@@ -1,4 +1,4 @@
-"""SqlStorage: the three stores over one engine, and `open_storage` that builds it."""
+"""SqlStorage: the stores over one engine, and `open_storage` that builds it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from llm_proxy.storage.engine import create_engine
 from llm_proxy.storage.errormap import translate_errors
 from llm_proxy.storage.migrator import migrate_up, migration_status
 from llm_proxy.storage.projects import SqlProjectStore
+from llm_proxy.storage.spend import SqlSpendStore
 from llm_proxy.storage.tokens import SqlTokenStore
 
 
@@ -24,6 +25,7 @@ class SqlStorage:
         self.projects = SqlProjectStore(engine, cipher, clock)
         self.tokens = SqlTokenStore(engine, clock)
         self.audit = SqlAuditStore(engine)
+        self.spend = SqlSpendStore(engine, clock)
 
     async def ping(self) -> None:
         async with translate_errors("ping database"), self.engine.connect() as conn:

@@ -9,8 +9,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_proxy.clock import Clock, SystemClock, new_id
-from llm_proxy.records import Project
-from llm_proxy.storage import UNSET, Unset
+from llm_proxy.records import NO_LIMITS, Project, SpendLimits
+from llm_proxy.storage import NO_CHANGE, UNSET, LimitsUpdate, Unset
 from llm_proxy.storage.cipher import KeyCipher
 from llm_proxy.storage.errormap import translate_errors
 from llm_proxy.storage.expressions import deactivation
@@ -23,14 +23,18 @@ class SqlProjectStore:
         self._cipher = cipher
         self._clock = clock or SystemClock()
 
-    async def create(self, name: str, api_key: str) -> Project:
+    async def create(self, name: str, api_key: str, *, limits: SpendLimits = NO_LIMITS) -> Project:
         now = self._clock.now()
         project = Project(
-            id=new_id(), name=name, api_key=api_key, is_active=True, created_at=now, updated_at=now
+            id=new_id(), name=name, api_key=api_key, is_active=True, created_at=now, updated_at=now,
+            cost_alert_threshold=limits.cost_alert_threshold, max_budget=limits.max_budget,
+            budget_period=limits.budget_period,
         )
         row = {
             "id": project.id, "name": name, "api_key": self._cipher.encrypt(api_key),
             "is_active": True, "created_at": now, "updated_at": now,
+            "cost_alert_threshold": limits.cost_alert_threshold, "max_budget": limits.max_budget,
+            "budget_period": limits.budget_period,
         }
         async with translate_errors("create project"), self._engine.begin() as conn:
             await conn.execute(projects.insert().values(row))
@@ -62,9 +66,10 @@ class SqlProjectStore:
         name: str | Unset = UNSET,
         api_key: str | Unset = UNSET,
         is_active: bool | Unset = UNSET,
+        limits: LimitsUpdate = NO_CHANGE,
     ) -> Project | None:
         now = self._clock.now()
-        values: dict[str, Any] = {"updated_at": now}
+        values: dict[str, Any] = {"updated_at": now, **limits.values()}
         if not isinstance(name, Unset):
             values["name"] = name
         if not isinstance(api_key, Unset):
@@ -88,6 +93,9 @@ class SqlProjectStore:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             deactivated_at=row["deactivated_at"],
+            cost_alert_threshold=row["cost_alert_threshold"],
+            max_budget=row["max_budget"],
+            budget_period=row["budget_period"],
         )
 
 

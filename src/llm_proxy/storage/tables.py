@@ -54,6 +54,16 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
+
+def spend_limit_columns() -> list[sa.Column[Any]]:
+    """USD amounts are DOUBLE everywhere (MySQL's FLOAT would be single precision)."""
+    return [
+        sa.Column("cost_alert_threshold", sa.Double, nullable=True),
+        sa.Column("max_budget", sa.Double, nullable=True),
+        sa.Column("budget_period", sa.String(16), nullable=False, server_default="monthly"),
+    ]
+
+
 projects = sa.Table(
     "projects",
     metadata,
@@ -64,6 +74,7 @@ projects = sa.Table(
     sa.Column("deactivated_at", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    *spend_limit_columns(),
     **MYSQL_TABLE_ARGS,
 )
 
@@ -86,6 +97,7 @@ tokens = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("last_used_at", UTCDateTime, nullable=True),
     sa.Column("metadata", sa.JSON, nullable=False, key="meta"),
+    *spend_limit_columns(),
     **MYSQL_TABLE_ARGS,
 )
 
@@ -114,3 +126,53 @@ audit_events = sa.Table(
     sa.Index("ix_audit_events_client_ip_action", "client_ip", "action"),
     **MYSQL_TABLE_ARGS,
 )
+
+spend = sa.Table(
+    "spend",
+    metadata,
+    sa.Column("scope_kind", sa.String(16), primary_key=True),
+    sa.Column("scope_id", sa.String(36), primary_key=True),
+    sa.Column("day", UTCDateTime, primary_key=True),
+    sa.Column("spent_usd", sa.Double, nullable=False, server_default="0"),
+    sa.Column("max_call_usd", sa.Double, nullable=False, server_default="0"),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)
+"""One row per project or token and UTC day: budgets and thresholds sum the days of their period."""
+
+spend_alerts = sa.Table(
+    "spend_alerts",
+    metadata,
+    sa.Column("scope_kind", sa.String(16), primary_key=True),
+    sa.Column("scope_id", sa.String(36), primary_key=True),
+    sa.Column("period", sa.String(16), primary_key=True),
+    sa.Column("period_start", UTCDateTime, primary_key=True),
+    sa.Column("threshold_usd", sa.Double, nullable=False),
+    sa.Column("spent_usd", sa.Double, nullable=False),
+    sa.Column("alerted_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)
+"""A row per threshold alert sent; its primary key makes the alert once per period, across workers."""
+
+spend_workers = sa.Table(
+    "spend_workers",
+    metadata,
+    sa.Column("worker_id", sa.String(36), primary_key=True),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)
+"""Every proxy worker (of every instance) announces itself here at each spend flush; budgets count them."""
+
+spend_leases = sa.Table(
+    "spend_leases",
+    metadata,
+    sa.Column("scope_kind", sa.String(16), primary_key=True),
+    sa.Column("scope_id", sa.String(36), primary_key=True),
+    sa.Column("worker_id", sa.String(36), primary_key=True),
+    sa.Column("period_start", UTCDateTime, nullable=False),
+    sa.Column("reserved_usd", sa.Double, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)
+"""Budget a worker may spend before it asks again; grants are serialised on the scope's lock row
+(`worker_id` empty), so the leases of all workers and the spend never add up to more than the budget."""

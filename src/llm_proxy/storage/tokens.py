@@ -11,8 +11,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_proxy.clock import Clock, SystemClock, new_id
-from llm_proxy.records import QuotaOutcome, Token, UsageDelta
-from llm_proxy.storage import UNSET, RevokeResult, Unset
+from llm_proxy.records import NO_LIMITS, QuotaOutcome, SpendLimits, Token, UsageDelta
+from llm_proxy.storage import NO_CHANGE, UNSET, LimitsUpdate, RevokeResult, Unset
 from llm_proxy.storage.errormap import translate_errors
 from llm_proxy.storage.expressions import deactivation, latest, utc
 from llm_proxy.storage.tables import UTCDateTime, tokens
@@ -34,11 +34,14 @@ class SqlTokenStore:
         expires_at: datetime | None,
         max_requests: int | None,
         metadata: Mapping[str, Any],
+        limits: SpendLimits = NO_LIMITS,
     ) -> Token:
         token = Token(
             id=new_id(), token_hash=token_hash, token_hint=token_hint, project_id=project_id,
             expires_at=expires_at, is_active=True, request_count=0, max_requests=max_requests,
             cache_hit_count=0, created_at=self._clock.now(), metadata=dict(metadata),
+            cost_alert_threshold=limits.cost_alert_threshold, max_budget=limits.max_budget,
+            budget_period=limits.budget_period,
         )
         async with translate_errors("create token"), self._engine.begin() as conn:
             await conn.execute(tokens.insert().values(_row(token)))
@@ -76,8 +79,9 @@ class SqlTokenStore:
         max_requests: int | Unset | None = UNSET,
         metadata: Mapping[str, Any] | Unset = UNSET,
         expires_at: datetime | Unset | None = UNSET,
+        limits: LimitsUpdate = NO_CHANGE,
     ) -> Token | None:
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = limits.values()
         if not isinstance(is_active, Unset):
             values["is_active"] = is_active
             values["deactivated_at"] = deactivation(
@@ -205,6 +209,8 @@ def _row(token: Token) -> dict[str, Any]:
         "project_id": token.project_id, "expires_at": token.expires_at, "is_active": True,
         "request_count": 0, "max_requests": token.max_requests, "cache_hit_count": 0,
         "created_at": token.created_at, "meta": token.metadata,
+        "cost_alert_threshold": token.cost_alert_threshold, "max_budget": token.max_budget,
+        "budget_period": token.budget_period,
     }
 
 
@@ -223,4 +229,7 @@ def _token(row: RowMapping) -> Token:
         last_used_at=row["last_used_at"],
         deactivated_at=row["deactivated_at"],
         metadata=dict(row["meta"] or {}),
+        cost_alert_threshold=row["cost_alert_threshold"],
+        max_budget=row["max_budget"],
+        budget_period=row["budget_period"],
     )

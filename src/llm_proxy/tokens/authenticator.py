@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from llm_proxy import errors
 from llm_proxy.clock import Clock
 from llm_proxy.errors import StorageError
-from llm_proxy.records import QuotaOutcome, Token
+from llm_proxy.records import NO_LIMITS, QuotaOutcome, SpendLimits, Token
 from llm_proxy.storage import Storage
 from llm_proxy.tokens.format import format_problem, hash_token
 
@@ -43,6 +43,10 @@ class Grant:
     expires_ts: float | None
     """expires_at as a Unix timestamp, precomputed so the hot path compares floats."""
     cached_until: float
+    project_limits: SpendLimits = NO_LIMITS
+    """The project's budget and alert settings, cached with the grant."""
+    token_limits: SpendLimits = NO_LIMITS
+    """The token's, likewise."""
 
     @property
     def project_id(self) -> str:
@@ -122,6 +126,8 @@ class Authenticator:
             project_active=project is not None and project.is_active,
             expires_ts=token.expires_at.timestamp() if token.expires_at else None,
             cached_until=time.monotonic() + self._ttl,
+            project_limits=project.limits if project is not None else NO_LIMITS,
+            token_limits=token.limits,
         )
         if self._max > 0 and self._ttl > 0:
             self._grants[token_hash] = grant
