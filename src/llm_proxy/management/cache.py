@@ -29,6 +29,7 @@ from llm_proxy.management.routes import REQUEST_ID_HEADER
 from llm_proxy.management.schemas import NO_CONTROL_PATTERN, UUID_PATTERN, Error, RequestModel
 
 DISABLED = "caching is disabled"
+URL_PATTERN = r"^(/|https?://[^/?#\x00-\x20]+/)[^\x00-\x1f\x7f]*$"
 NOTHING_SELECTED = "say what to purge: method and url, path_prefix, project_id, prefix or all"
 UNAVAILABLE = "the cache backend is unavailable"
 
@@ -49,7 +50,9 @@ Text = Annotated[str | None, Field(min_length=1, max_length=8192, pattern=NO_CON
 class PurgeRequest(RequestModel):
     method: Annotated[str | None, Field(pattern=r"^[A-Za-z]{1,16}$",
                                         description="With url: the method of the request to purge.")] = None
-    url: Annotated[Text, Field(description="With method: the request's path and query, or its absolute URL.")] = None
+    url: Annotated[str | None, Field(min_length=1, max_length=8192, pattern=URL_PATTERN, description=(
+        "With method: the request's path and query (`/v1/models?x=1`), or its absolute http(s) URL."
+    ))] = None
     body: Annotated[str | None, Field(max_length=1024 * 1024, description=(
         "With method and url: only the entry of this exact request body (default: entries of any body)."
     ))] = None
@@ -63,6 +66,12 @@ class PurgeRequest(RequestModel):
     all: Annotated[bool | None, Field(description="true: every entry.")] = None
 
     NOT_NULL: ClassVar[tuple[str, ...]] = ("method", "url", "body", "path_prefix", "project_id", "prefix", "all")
+    SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {
+        "anyOf": [{"required": ["prefix"]}, {"required": ["url"]}, {"required": ["path_prefix"]},
+                  {"required": ["project_id"]}, {"required": ["all"], "properties": {"all": {"const": True}}}],
+        "dependentRequired": {"url": ["method"], "method": ["url"], "body": ["url"]},
+    }
+    """At least one selector; the most specific one given wins (see `selection`)."""
 
 
 class PurgeResult(BaseModel):
@@ -104,16 +113,16 @@ def _request_target(url: str) -> tuple[str, str]:
 
 
 def selection(body: PurgeRequest) -> tuple[str, KeySelector]:
-    """The purge's scope and key selector; ManagementError for a missing or ambiguous choice."""
-    chosen = [name for name in ("url", "path_prefix", "prefix", "all") if getattr(body, name)]
+    """The purge's scope and key selector: the most specific selector given wins.
+
+    Precedence: prefix, method+url, path_prefix, project_id, all — so a request never purges more
+    than its narrowest selector says. ManagementError when nothing (or only half of method+url)
+    was given.
+    """
     if body.prefix is not None:
         return "prefix", KeySelector(body.prefix)
-    if len(chosen) > 1:
-        raise ManagementError(400, f"choose one of {', '.join(chosen)}")
-    if body.all:
-        return "all", KeySelector("")
-    if body.url is not None:
-        if body.method is None:
+    if body.url is not None or body.method is not None:
+        if body.url is None or body.method is None:
             raise ManagementError(400, "method and url are required")
         path, query = _request_target(body.url)
         data = body.body.encode() if body.body is not None else None
@@ -122,6 +131,8 @@ def selection(body: PurgeRequest) -> tuple[str, KeySelector]:
         return "path_prefix", path_selector(body.path_prefix, body.project_id)
     if body.project_id is not None:
         return "project", KeySelector(f"{body.project_id}:")
+    if body.all:
+        return "all", KeySelector("")
     raise ManagementError(400, NOTHING_SELECTED)
 
 
