@@ -54,11 +54,13 @@ class Hold:
 
 
 class Ticket:
-    __slots__ = ("_guard", "_holds", "_settled")
+    __slots__ = ("_grant", "_guard", "_holds", "_settled")
 
-    def __init__(self, guard: BudgetGuard, holds: tuple[Hold, ...]) -> None:
+    def __init__(self, guard: BudgetGuard, grant: Grant, holds: tuple[Hold, ...]) -> None:
         self._guard = guard
+        self._grant = grant
         self._holds = holds
+        """Places taken in budgeted scopes (none when neither the project nor the token has a budget)."""
         self._settled = False
 
     def settle(self, cost_usd: float | None) -> None:
@@ -67,7 +69,7 @@ class Ticket:
             return
         self._settled = True
         try:
-            self._guard.settle(self._holds, cost_usd)
+            self._guard.settle(self._grant, self._holds, cost_usd)
         except Exception:  # boundary: a bookkeeping bug must not break the response that just ended
             log.exception("could not settle a call's spend")
 
@@ -77,24 +79,27 @@ class BudgetGuard:
         self.ledger = ledger
 
     async def admit(self, grant: Grant) -> Ticket:
+        if grant.project_limits.max_budget is None and grant.token_limits.max_budget is None:
+            return Ticket(self, grant, ())  # nothing to check: the cost is only counted
         ledger = self.ledger
-        project = ledger.state("project", grant.project_id, grant.project_id, grant.project_limits)
-        token = ledger.state("token", grant.token.id, grant.project_id, grant.token_limits)
-        first = _hold(project, 0.0) if project.limits.max_budget is None else await self._enter(project)
+        holds: list[Hold] = []
         try:
-            second = _hold(token, 0.0) if token.limits.max_budget is None else await self._enter(token)
+            for kind, scope_id, limits in (("project", grant.project_id, grant.project_limits),
+                                           ("token", grant.token.id, grant.token_limits)):
+                if limits.max_budget is not None:
+                    holds.append(await self._enter(ledger.state(kind, scope_id, grant.project_id, limits)))
         except BaseException:
-            _release(first)
+            _release_all(tuple(holds))
             raise
-        return Ticket(self, (first, second))
+        return Ticket(self, grant, tuple(holds))
 
-    def settle(self, holds: tuple[Hold, ...], cost_usd: float | None) -> None:
-        day = self.ledger.today() if cost_usd else None
-        for hold in holds:
-            if cost_usd is not None:
-                self.ledger.record(hold.state, cost_usd, day)
-            if not hold.overdraft:
-                _release(hold)
+    def settle(self, grant: Grant, holds: tuple[Hold, ...], cost_usd: float | None) -> None:
+        if cost_usd is not None:
+            self.ledger.record_call(grant.project_id, grant.token.id, grant.project_limits, grant.token_limits,
+                                    cost_usd)
+        if not holds:
+            return
+        _release_all(tuple(hold for hold in holds if not hold.overdraft))
         overdrafts = tuple(hold for hold in holds if hold.overdraft)
         if overdrafts:
             self.ledger.write_soon(lambda: _release_all(overdrafts))

@@ -88,6 +88,13 @@ class SpendLedger:
             self._today = (start, start + timedelta(days=1))
         return self._today[0]
 
+    def record_call(self, project_id: str, token_id: str, project_limits: SpendLimits, token_limits: SpendLimits,
+                    cost_usd: float) -> None:
+        """Count one call's cost against its project and its token."""
+        day = self.today() if cost_usd > 0 else None
+        self.record(self.state("project", project_id, project_id, project_limits), cost_usd, day)
+        self.record(self.state("token", token_id, project_id, token_limits), cost_usd, day)
+
     def record(self, state: ScopeState, cost_usd: float, day: datetime | None) -> None:
         """Count one call's cost on `day` (0 for calls with usage but no price: they teach the estimate)."""
         state.max_call = cost_usd if state.max_call is None else max(state.max_call, cost_usd)
