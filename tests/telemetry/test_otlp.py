@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -14,9 +15,9 @@ import pytest
 from llm_proxy.context import RequestContext
 from llm_proxy.settings import load_settings
 from llm_proxy.telemetry import Telemetry, semconv
-from llm_proxy.telemetry.call_spans import CallEncoder, CallRecord, ChildRecord, Outcome, UpstreamRecord
+from llm_proxy.telemetry.call_spans import CallEncoder, CallRecord, QueuedRecord
 from llm_proxy.telemetry.exporter import MAX_RETRY_DELAY, OtlpHttpExporter, retry_delay
-from llm_proxy.telemetry.otlp import AttributeFields, ExportRequest, span, span_ids, span_tail, span_times
+from llm_proxy.telemetry.otlp import AttributeFields, ExportRequest, span, span_start, span_tail
 from llm_proxy.telemetry.trace_context import make_sampler, parse_parent, parse_tracestate
 from llm_proxy.telemetry.tracing import build_tracing
 from tests.telemetry.otlp_receiver import decode, otlp_receiver
@@ -67,18 +68,16 @@ class TestTraceContext:
         assert not make_sampler("parentbased_traceidratio", 0.0)(None, 1)
 
 
-def _record(status: int = 200, *, parent: int = 0, trace_state: str = "", body_attributes: Any = None,
-            error_code: str | None = None) -> CallRecord:
-    outcome = Outcome(status, "req-1", "p1", "t1", None, error_code, (10, 4, 2, 1), 0.25, False, None,
-                      REQUEST, RESPONSE, body_attributes)
+def _record(status: int = 200, *, parent: int = 0, trace_state: str = "", error_code: str | None = None) -> CallRecord:
     return CallRecord(int(TRACE, 16), 0xA1, parent, parent != 0, trace_state, "POST", "/v1/chat/completions",
-                      1_000, 9_000, (ChildRecord("llm_proxy.auth", 0xB2, 2_000, 3_000, "invalid_token", ()),),
-                      UpstreamRecord(0xC3, 4_000, 8_000, "openai", "gpt-4o"), outcome)
+                      1_000, 9_000, (("llm_proxy.auth", 0xB2, 2_000, 3_000, "invalid_token", ()),),
+                      (0xC3, 4_000, 8_000, "openai", "gpt-4o"), status, "req-1", "p1", "t1", None, error_code,
+                      (10, 4, 2, 1), 0.25, False, None, REQUEST, RESPONSE, None)
 
 
 def _encode(record: CallRecord, names: semconv.GenAiNames = semconv.V1_41, capture: bool = False) -> list[Any]:
     request = ExportRequest({"service.name": "svc", "n": 3}, "llm_proxy", "1.2.3")
-    return decode(request([CallEncoder("https://api.example.com/v1", names, capture)(record)]))
+    return decode(request([CallEncoder("https://api.example.com/v1", names, capture)(tuple(record))]))
 
 
 class TestEncoding:
@@ -118,16 +117,15 @@ class TestEncoding:
         assert "hello" in client.attributes["gen_ai.output.messages"]
 
     def test_attributes_read_early_from_large_bodies_are_used(self) -> None:
-        _, _, client = _encode(_record(body_attributes={"gen_ai.request.seed": 9})._replace(
-            outcome=_record().outcome._replace(request_body=b"", response_body=b"",
-                                               body_attributes={"gen_ai.request.seed": 9})))
+        _, _, client = _encode(_record()._replace(request_body=b"", response_body=b"",
+                                                   body_attributes={"gen_ai.request.seed": 9}))
         assert client.attributes["gen_ai.request.seed"] == 9
         assert "gen_ai.response.id" not in client.attributes
 
     def test_cached_attributes_keep_true_and_one_apart(self) -> None:
         field = AttributeFields().field
         parts = [field("b", True), field("i", 1), field("b", 1), field("i", True), field("none", None)]
-        encoded = span([span_ids(b"\x01" * 16, 2, 0, ""), span_times(1, 2), *parts, span_tail(False, False)])
+        encoded = span([span_start(b"\x01" * 16, 2, 0, "", 1, 2), *parts, span_tail(False, False)])
         (decoded,) = decode(ExportRequest({}, "s", "v")([encoded]))
         assert decoded.attributes == {"b": 1, "i": True}  # the later value of each key wins when decoded
         assert [type(v) for v in (field("b", True), field("b", 1))] == [bytes, bytes]
@@ -136,17 +134,17 @@ class TestEncoding:
 
 async def test_retryable_answers_are_retried_and_others_drop_the_batch() -> None:
     with otlp_receiver() as receiver:
-        exporter: OtlpHttpExporter[CallRecord] = OtlpHttpExporter(
+        exporter: OtlpHttpExporter[QueuedRecord] = OtlpHttpExporter(
             receiver.url + "/v1/traces", {"x-key": "k"}, 5.0, ExportRequest({}, "s", "v"),
             CallEncoder("http://u", semconv.V1_41, False))
         try:
             receiver.replies = [(503, {"Retry-After": "0"}), (429, {"Retry-After": "0"})]
-            exporter.submit(_record())
+            exporter.submit(tuple(_record()))
             await exporter.flush()
             assert (receiver.posts, exporter.exported, len(receiver.spans)) == (3, 1, 3)
             assert receiver.headers[0]["x-key"] == "k"
             receiver.replies = [(400, {})]
-            exporter.submit(_record())
+            exporter.submit(tuple(_record()))
             await exporter.flush()
             assert (receiver.posts, exporter.failed, len(receiver.spans)) == (4, 1, 3)
         finally:
@@ -155,13 +153,13 @@ async def test_retryable_answers_are_retried_and_others_drop_the_batch() -> None
 
 async def test_a_full_queue_drops_and_closing_sends_what_is_queued() -> None:
     with otlp_receiver() as receiver:
-        exporter: OtlpHttpExporter[CallRecord] = OtlpHttpExporter(
+        exporter: OtlpHttpExporter[QueuedRecord] = OtlpHttpExporter(
             receiver.url + "/v1/traces", {}, 5.0, ExportRequest({}, "s", "v"),
             CallEncoder("http://u", semconv.V1_41, False), max_queue=2, delay=60.0)
         for _ in range(3):
-            exporter.submit(_record())
+            exporter.submit(tuple(_record()))
         await exporter.aclose()
-        exporter.submit(_record())
+        exporter.submit(tuple(_record()))
         assert (exporter.dropped, exporter.exported, len(receiver.spans)) == (2, 2, 6)
 
 
@@ -179,8 +177,8 @@ class _Memory:
     def __init__(self) -> None:
         self.records: list[CallRecord] = []
 
-    def submit(self, record: CallRecord) -> None:
-        self.records.append(record)
+    def submit(self, record: QueuedRecord) -> None:
+        self.records.append(CallRecord._make(record))
 
     async def flush(self) -> None:
         return None
@@ -222,12 +220,16 @@ def test_the_handlers_record_one_call_and_propagate_its_client_span() -> None:
                                                  (b"tracestate", b"a=1"), (b"tracestate", b"b=2")])
     (record,) = memory.records
     assert record.upstream is not None
-    assert propagated == [("traceparent", f"00-{TRACE}-{record.upstream.span_id:016x}-01"),
-                          ("tracestate", "a=1,b=2")]
+    client_id, client_start, client_end, provider, model = record.upstream
+    assert propagated == [("traceparent", f"00-{TRACE}-{client_id:016x}-01"), ("tracestate", "a=1,b=2")]
     assert (ctx.trace_id, f"{record.parent_id:016x}", record.remote_parent) == (TRACE, PARENT, True)
-    (auth,) = record.children
-    assert auth.end - auth.start == 1_000
-    assert record.start <= auth.start <= record.upstream.start <= record.upstream.end <= record.end
+    assert (provider, model) == ("openai", "m")
+    ((name, _, auth_start, auth_end, error, _),) = record.children
+    assert (name, error, auth_end - auth_start) == ("llm_proxy.auth", None, 1_000)
+    assert record.start <= auth_start <= client_start <= client_end <= record.end
+    gc.collect()  # queued records should cost the collector little: their parts are soon untracked
+    gc.collect()  # (a tuple is untracked once its items are, so nested ones take two passes)
+    assert not any(gc.is_tracked(part) for part in (record.children, record.children[0], record.upstream))
     assert tracing.propagation_headers() == []  # no call in flight any more
 
 
@@ -249,7 +251,7 @@ def test_a_failed_token_check_is_an_error_child_and_no_client_span() -> None:
     _call(telemetry, tracing, [], fail_auth=True)
     (record,) = memory.records
     assert record.upstream is None
-    assert record.children[0].error == "invalid_token"
+    assert record.children[0][4] == "invalid_token"
     assert record.parent_id == 0
 
 
@@ -259,7 +261,7 @@ async def test_shutdown_from_another_thread_flushes_on_the_loop() -> None:
                                  require_management_token=False)
         tracing = build_tracing(settings.tracing, "http://127.0.0.1:1")
         assert tracing is not None
-        tracing.exporter.submit(_record())
+        tracing.exporter.submit(tuple(_record()))
         await asyncio.to_thread(tracing.shutdown)
         assert len(receiver.spans) == 3
         assert receiver.spans[0].resource["service.name"] == "llm-proxy"

@@ -1,10 +1,12 @@
 """What the tracing handlers record about one call, and its spans, encoded off the request path.
 
 On the request path the handlers (tracing.py) only note ids, clock readings and the stop event's
-values in these named tuples. The exporter's task later encodes each `CallRecord` as its OTLP
-spans with their GenAI attributes (`CallEncoder`), in batches, straight to protobuf bytes: no span
-objects or attribute dicts are built. Records hold plain values only, so the garbage collector
-stops tracking them after one pass, however long they wait in the queue.
+values in a `CallRecord`. The exporter's task later encodes each record as its OTLP spans with
+their GenAI attributes (`CallEncoder`), in batches, straight to protobuf bytes: no span objects or
+attribute dicts are built. Records wait in the queue for up to a second, so they are kept cheap
+for the garbage collector: they are queued as plain tuples of plain values, which the collector
+stops tracking after a pass or two (it never does so for named tuples, which are subclasses; left
+tracked, a second's worth of records would be walked and aged by every collection).
 """
 
 from __future__ import annotations
@@ -29,49 +31,17 @@ _UNIQUE = frozenset({"gen_ai.response.id", "gen_ai.input.messages", "gen_ai.outp
 """Attributes whose values do not repeat: encoded without the cache."""
 
 
-class ChildRecord(NamedTuple):
-    """An INTERNAL child of the server span (token check, cache lookup)."""
-
-    name: str
-    span_id: int
-    start: int
-    end: int
-    error: str | None
-    attributes: tuple[tuple[str, Any], ...]
-
-
-class UpstreamRecord(NamedTuple):
-    """The upstream call (CLIENT span), whose context went upstream as `traceparent`."""
-
-    span_id: int
-    start: int
-    end: int
-    provider: str
-    model: str | None
-
-
-class Outcome(NamedTuple):
-    """The stop event's values that the server and client spans need."""
-
-    status: int
-    request_id: str
-    project_id: str | None
-    token_id: str | None
-    cache_status: str | None
-    error_code: str | None
-    usage: tuple[int, int, int, int] | None
-    """input, output, cached input and reasoning output tokens, when the answer reported usage."""
-    cost_usd: float | None
-    stream: bool
-    first_chunk: float | None
-    """Seconds from sending the upstream request to the first chunk relayed (streams)."""
-    request_body: bytes
-    response_body: bytes | bytearray
-    body_attributes: Mapping[str, Any] | None
-    """Attributes already read from bodies too large to keep (`MAX_DEFERRED_BODY`); then both bodies are empty."""
+ChildRecord = tuple[str, int, int, int, str | None, tuple[tuple[str, Any], ...]]
+"""An INTERNAL child of the server span: name, span_id, start, end, error type, attributes."""
+UpstreamRecord = tuple[int, int, int, str, str | None]
+"""The upstream call (CLIENT span), whose context went upstream: span_id, start, end, provider, model."""
+Usage = tuple[int, int, int, int]
+"""Input, output, cached input and reasoning output tokens."""
 
 
 class CallRecord(NamedTuple):
+    """One call, as the handlers saw it; nested records are plain tuples (see module doc)."""
+
     trace_id: int
     span_id: int
     parent_id: int
@@ -83,15 +53,35 @@ class CallRecord(NamedTuple):
     end: int
     children: tuple[ChildRecord, ...]
     upstream: UpstreamRecord | None
-    outcome: Outcome
+    status: int
+    request_id: str
+    project_id: str | None
+    token_id: str | None
+    cache_status: str | None
+    error_code: str | None
+    usage: Usage | None
+    cost_usd: float | None
+    stream: bool
+    first_chunk: float | None
+    """Seconds from sending the upstream request to the first chunk relayed (streams)."""
+    request_body: bytes
+    response_body: bytes | bytearray
+    body_attributes: Mapping[str, Any] | None
+    """Attributes already read from bodies too large to keep (`MAX_DEFERRED_BODY`); then both bodies are empty."""
+
+
+QueuedRecord = tuple[Any, ...]
+"""A `CallRecord` as a plain tuple (`tuple(record)`), which is what waits in the export queue."""
 
 
 class CallEncoder:
     """Encodes a `CallRecord` as its OTLP spans: SERVER, the INTERNAL children, the upstream CLIENT span.
 
-    The name, kind and start-time attributes of each span are encoded once per distinct
-    (method, path) or (path, provider, model, stream) and reused; the rest goes through the
-    attribute cache, except values that never repeat.
+    What repeats from call to call is encoded once and reused, as a block of fields: the name,
+    kind and first attributes of each span (per method and path, or per provider, model and
+    stream), the server span's status, project, token and cache status, the client span's status
+    and its token counts. The rest goes through the attribute cache, except values that never
+    repeat. (Protobuf fields may come in any order, which is what makes the blocks possible.)
     """
 
     def __init__(self, upstream_url: str, names: semconv.GenAiNames, capture_content: bool) -> None:
@@ -104,14 +94,18 @@ class CallEncoder:
         self._server_heads: dict[tuple[str, str], bytes] = {}
         self._child_heads: dict[str, bytes] = {}
         self._client_heads: dict[tuple[str, str, str, str | None, bool], bytes] = {}
+        self._outcomes: dict[tuple[int, str | None, str | None, str | None, str | None, bool], bytes] = {}
+        self._statuses: dict[int, bytes] = {}
+        self._usages: dict[Usage, bytes] = {}
 
-    def __call__(self, record: CallRecord) -> bytes:
+    def __call__(self, queued: QueuedRecord) -> bytes:
+        record = CallRecord._make(queued)
         trace_id = record.trace_id.to_bytes(16, "big")
         parts = [self._server_span(trace_id, record)]
         for child in record.children:
             parts.append(self._child_span(trace_id, record, child))
         if record.upstream is not None:
-            parts.append(self._client_span(trace_id, record, record.upstream))
+            parts.append(self._client_span(trace_id, record, *record.upstream))
         return b"".join(parts)
 
     def _remember(self, heads: dict[_H, bytes], key: _H, head: bytes) -> bytes:
@@ -121,59 +115,70 @@ class CallEncoder:
         return head
 
     def _server_span(self, trace_id: bytes, record: CallRecord) -> bytes:
-        method, path, outcome, attribute = record.method, record.path, record.outcome, self.attribute
+        method, path = record.method, record.path
         heads = self._server_heads
         head = heads.get((method, path)) or self._remember(heads, (method, path), otlp.span_head(
             f"{method} {path}", SERVER, {"http.request.method": method, "url.path": path}))
-        status = outcome.status
-        error = None
-        if status >= 500 or (status >= 400 and outcome.error_code):
-            error = outcome.error_code or str(status)
+        key = (record.status, record.project_id, record.token_id, record.cache_status, record.error_code,
+               record.remote_parent)
         return otlp.span([
-            otlp.span_ids(trace_id, record.span_id, record.parent_id, record.trace_state), head,
-            otlp.span_times(record.start, record.end), attribute("http.response.status_code", status),
-            otlp.attribute("llm_proxy.request_id", outcome.request_id),
-            attribute("llm_proxy.project_id", outcome.project_id), attribute("llm_proxy.token_id", outcome.token_id),
-            attribute("llm_proxy.cache_status", outcome.cache_status),
-            attribute("llm_proxy.cost_usd", outcome.cost_usd),
-            b"" if error is None else attribute("error.type", error),
-            otlp.span_tail(error is not None, record.remote_parent)])
+            otlp.span_start(trace_id, record.span_id, record.parent_id, record.trace_state, record.start, record.end),
+            head, self._outcomes.get(key) or self._remember(self._outcomes, key, self._server_outcome(*key)),
+            otlp.attribute("llm_proxy.request_id", record.request_id),
+            self.attribute("llm_proxy.cost_usd", record.cost_usd)])
+
+    def _server_outcome(self, status: int, project_id: str | None, token_id: str | None, cache_status: str | None,
+                        error_code: str | None, remote_parent: bool) -> bytes:
+        """The server span's fields that repeat from call to call of one token: attributes, status, flags."""
+        error = None
+        if status >= 500 or (status >= 400 and error_code):
+            error = error_code or str(status)
+        attributes = {"http.response.status_code": status, "llm_proxy.project_id": project_id,
+                      "llm_proxy.token_id": token_id, "llm_proxy.cache_status": cache_status, "error.type": error}
+        return b"".join(self.attribute(k, v) for k, v in attributes.items()) + otlp.span_tail(error is not None,
+                                                                                               remote_parent)
 
     def _child_span(self, trace_id: bytes, record: CallRecord, child: ChildRecord) -> bytes:
-        name = child.name
-        parts = [otlp.span_ids(trace_id, child.span_id, record.span_id, record.trace_state),
+        name, span_id, start, end, error, attributes = child
+        parts = [otlp.span_start(trace_id, span_id, record.span_id, record.trace_state, start, end),
                  self._child_heads.get(name) or self._remember(self._child_heads, name,
-                                                               otlp.span_head(name, INTERNAL, {})),
-                 otlp.span_times(child.start, child.end)]
-        parts += [self.attribute(key, value) for key, value in child.attributes]
-        if child.error is not None:
-            parts.append(self.attribute("error.type", child.error))
-        parts.append(otlp.span_tail(child.error is not None, False))
+                                                               otlp.span_head(name, INTERNAL, {}))]
+        parts += [self.attribute(key, value) for key, value in attributes]
+        if error is not None:
+            parts.append(self.attribute("error.type", error))
+        parts.append(otlp.span_tail(error is not None, False))
         return otlp.span(parts)
 
-    def _client_span(self, trace_id: bytes, record: CallRecord, upstream: UpstreamRecord) -> bytes:
-        outcome = record.outcome
-        attribute, status = self.attribute, outcome.status
-        key = (record.method, record.path, upstream.provider, upstream.model, outcome.stream)
-        parts = [otlp.span_ids(trace_id, upstream.span_id, record.span_id, record.trace_state),
+    def _client_span(self, trace_id: bytes, record: CallRecord, span_id: int, start: int, end: int, provider: str,
+                     model: str | None) -> bytes:
+        status = record.status
+        key = (record.method, record.path, provider, model, record.stream)
+        parts = [otlp.span_start(trace_id, span_id, record.span_id, record.trace_state, start, end),
                  self._client_heads.get(key) or self._remember(self._client_heads, key, self._client_head(*key)),
-                 otlp.span_times(upstream.start, upstream.end), attribute("http.response.status_code", status)]
-        if outcome.usage is not None:
-            input_tokens, output_tokens, cached_tokens, reasoning_tokens = outcome.usage
-            parts += (attribute("gen_ai.usage.input_tokens", input_tokens),
-                      attribute("gen_ai.usage.output_tokens", output_tokens),
-                      attribute("gen_ai.usage.cache_read.input_tokens", cached_tokens),
-                      attribute("gen_ai.usage.reasoning.output_tokens", reasoning_tokens))
-        if outcome.first_chunk is not None:
-            parts.append(otlp.attribute("gen_ai.response.time_to_first_chunk", max(outcome.first_chunk, 0.0)))
-        found = outcome.body_attributes
+                 self._statuses.get(status) or self._remember(self._statuses, status, self._client_status(status))]
+        usage = record.usage
+        if usage is not None:
+            parts.append(self._usages.get(usage) or self._remember(self._usages, usage, self._usage(*usage)))
+        if record.first_chunk is not None:
+            parts.append(otlp.attribute("gen_ai.response.time_to_first_chunk", max(record.first_chunk, 0.0)))
+        found = record.body_attributes
         if found is None:
-            found = body_attributes(outcome.request_body, outcome.response_body, self.names, self.capture_content)
+            found = body_attributes(record.request_body, record.response_body, self.names, self.capture_content)
+        attribute = self.attribute
         parts += [otlp.attribute(k, v) if k in _UNIQUE else attribute(k, v) for k, v in found.items()]
-        if status >= 400:
-            parts.append(attribute("error.type", str(status)))
-        parts.append(otlp.span_tail(status >= 400, False))
         return otlp.span(parts)
+
+    def _client_status(self, status: int) -> bytes:
+        error = status >= 400
+        return (self.attribute("http.response.status_code", status)
+                + (self.attribute("error.type", str(status)) if error else b"") + otlp.span_tail(error, False))
+
+    def _usage(self, input_tokens: int, output_tokens: int, cached_tokens: int, reasoning_tokens: int) -> bytes:
+        attribute = self.attribute
+        return (attribute("gen_ai.usage.input_tokens", input_tokens)
+                + attribute("gen_ai.usage.output_tokens", output_tokens)
+                + attribute("gen_ai.usage.cache_read.input_tokens", cached_tokens)
+                + attribute("gen_ai.usage.reasoning.output_tokens", reasoning_tokens))
 
     def _client_head(self, method: str, path: str, provider: str, model: str | None, stream: bool) -> bytes:
         operation = semconv.OPERATIONS.get(path)

@@ -80,6 +80,12 @@ def attribute(key: str, value: Any) -> bytes:
     return b"\x4a" + varint(len(body)) + body
 
 
+def span_tail(error: bool, remote_parent: bool) -> bytes:
+    """Status (ERROR, or left unset) and flags. (Fields may come in any order, so this need not be last.)"""
+    flags = _FLAGS_REMOTE if remote_parent else _FLAGS_LOCAL
+    return _STATUS_ERROR + flags if error else flags
+
+
 class AttributeFields:
     """Cached `Span.attributes` entries for str, int, bool and tuple values, by class, key and value.
 
@@ -112,22 +118,12 @@ def span_head(name: str, kind: int, attributes: Mapping[str, Any]) -> bytes:
             + b"".join(attribute(k, v) for k, v in attributes.items() if v is not None))
 
 
-def span_ids(trace_id: bytes, span_id: int, parent_id: int, trace_state: str) -> bytes:
-    """trace_id (16 bytes, big-endian), span_id, trace_state and parent_span_id (none when 0)."""
-    out = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id.to_bytes(8, "big")
+def span_start(trace_id: bytes, span_id: int, parent_id: int, trace_state: str, start: int, end: int) -> bytes:
+    """trace_id (16 bytes, big-endian), span_id, trace_state, parent_span_id (none when 0) and the times."""
+    out = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id.to_bytes(8, "big") + _TIMES(0x39, start, 0x41, end)
     if trace_state:
         out += _field(b"\x1a", trace_state.encode())
     return out + b"\x22\x08" + parent_id.to_bytes(8, "big") if parent_id else out
-
-
-def span_times(start: int, end: int) -> bytes:
-    return _TIMES(0x39, start, 0x41, end)
-
-
-def span_tail(error: bool, remote_parent: bool) -> bytes:
-    """Status (ERROR, or left unset) and flags."""
-    flags = _FLAGS_REMOTE if remote_parent else _FLAGS_LOCAL
-    return _STATUS_ERROR + flags if error else flags
 
 
 def span(parts: list[bytes]) -> bytes:

@@ -34,8 +34,7 @@ from llm_proxy.telemetry.call_spans import (
     CallEncoder,
     CallRecord,
     ChildRecord,
-    Outcome,
-    UpstreamRecord,
+    QueuedRecord,
     body_attributes,
 )
 from llm_proxy.telemetry.events import Telemetry
@@ -90,7 +89,7 @@ class Tracing:
     (`RequestContext.upstream_finished`).
     """
 
-    def __init__(self, exporter: SpanExporter[CallRecord], sampler: Sampler, *, names: semconv.GenAiNames,
+    def __init__(self, exporter: SpanExporter[QueuedRecord], sampler: Sampler, *, names: semconv.GenAiNames,
                  capture_content: bool) -> None:
         self.exporter = exporter
         self.sampler = sampler
@@ -171,16 +170,18 @@ class Tracing:
         error = None
         if name.endswith(".exception"):
             error = md.get("code") or md.get("kind") or "error"
-        call.children.append(ChildRecord(_CHILD_NAMES[name], new_span_id(), end - int(m["duration"] * 1e9), end,
-                                         error, attributes))
+        call.children.append((_CHILD_NAMES[name], new_span_id(), end - int(m["duration"] * 1e9), end, error,
+                              attributes))
 
     def _on_request_stop(self, name: str, m: Mapping[str, Any], md: Mapping[str, Any], config: Any) -> None:
         call = self._state.get()
         if call is None:
             return
         self._state.set(None)
-        if not call.sampled:
-            return
+        if call.sampled:
+            self.exporter.submit(tuple(self._record(call, m, md)))
+
+    def _record(self, call: _Call, m: Mapping[str, Any], md: Mapping[str, Any]) -> CallRecord:
         end = time.time_ns()
         ctx = md["context"]
         upstream = None
@@ -189,14 +190,8 @@ class Tracing:
             upstream_end = end
             if finished is not None:
                 upstream_end = min(call.start + int((finished - call.monotonic_start) * 1e9), end)
-            upstream = UpstreamRecord(call.client_id, call.client_start, max(upstream_end, call.client_start),
-                                      ctx.provider, ctx.model)
-        self.exporter.submit(CallRecord(call.trace_id, call.span_id, call.parent_id, call.remote, call.trace_state,
-                                        call.method, call.path, call.start, end, tuple(call.children), upstream,
-                                        self._outcome(m, md, upstream is not None)))
-
-    def _outcome(self, m: Mapping[str, Any], md: Mapping[str, Any], upstream: bool) -> Outcome:
-        ctx = md["context"]
+            upstream = (call.client_id, call.client_start, max(upstream_end, call.client_start), ctx.provider,
+                        ctx.model)
         stream = md["stream"]
         first_chunk = None
         if stream and m["time_to_first_byte"] is not None and ctx.upstream_started is not None:
@@ -209,12 +204,14 @@ class Tracing:
         usage = None
         if md["usage_known"]:
             usage = (m["input_tokens"], m["output_tokens"], m["cached_tokens"], m["reasoning_tokens"])
-        return Outcome(md["status"], md["request_id"], md["project_id"], md["token_id"], md["cache_status"],
-                       md["error_code"], usage, m["cost_usd"], stream, first_chunk, request, response, parsed)
+        return CallRecord(call.trace_id, call.span_id, call.parent_id, call.remote, call.trace_state, call.method,
+                          call.path, call.start, end, tuple(call.children), upstream, md["status"], md["request_id"],
+                          md["project_id"], md["token_id"], md["cache_status"], md["error_code"], usage,
+                          m["cost_usd"], stream, first_chunk, request, response, parsed)
 
 
 def build_tracing(settings: TracingSettings, upstream_url: str,
-                  exporter: SpanExporter[CallRecord] | None = None) -> Tracing | None:
+                  exporter: SpanExporter[QueuedRecord] | None = None) -> Tracing | None:
     """The tracing of one worker, or None when it is off (no OTLP endpoint, or disabled)."""
     if exporter is None and not settings.enabled:
         return None
