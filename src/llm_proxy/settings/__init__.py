@@ -2,8 +2,9 @@
 
 Precedence, highest first: command-line flag > process environment > `.env` file > default.
 The CLI applies flags by writing them into the mapping handed to `load_settings`, and loads the
-`.env` file without overriding variables that are already set. Nothing outside this module reads
-`os.environ`.
+`.env` file without overriding variables that are already set. Nothing outside this package
+reads `os.environ`. Parsers and `Var` live in `values.py`; the dispatcher's sections in
+`dispatching.py`; the proxy's sections, the loader and the reference generator here.
 
 Parsing is strict: an invalid value is a start-up error naming the variable (the predecessor
 silently fell back to defaults). `load_settings` collects every problem and raises one
@@ -12,133 +13,72 @@ silently fell back to defaults). `load_settings` collects every problem and rais
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from llm_proxy.errors import ConfigError
+from llm_proxy.settings.dispatching import (
+    CLOUDWATCH_VARS as CLOUDWATCH_VARS,
+)
+from llm_proxy.settings.dispatching import (
+    DISPATCHER_VARS as DISPATCHER_VARS,
+)
+from llm_proxy.settings.dispatching import (
+    HELICONE_VARS as HELICONE_VARS,
+)
+from llm_proxy.settings.dispatching import (
+    LUNARY_VARS as LUNARY_VARS,
+)
+from llm_proxy.settings.dispatching import (
+    CloudWatchSettings as CloudWatchSettings,
+)
+from llm_proxy.settings.dispatching import (
+    DispatcherSettings as DispatcherSettings,
+)
+from llm_proxy.settings.dispatching import (
+    HeliconeSettings as HeliconeSettings,
+)
+from llm_proxy.settings.dispatching import (
+    LunarySettings as LunarySettings,
+)
+from llm_proxy.settings.values import (
+    Var as Var,
+)
+from llm_proxy.settings.values import (
+    _load_section,
+)
+from llm_proxy.settings.values import (
+    parse_bool as parse_bool,
+)
+from llm_proxy.settings.values import (
+    parse_choice as parse_choice,
+)
+from llm_proxy.settings.values import (
+    parse_duration as parse_duration,
+)
+from llm_proxy.settings.values import (
+    parse_encryption_key as parse_encryption_key,
+)
+from llm_proxy.settings.values import (
+    parse_int as parse_int,
+)
+from llm_proxy.settings.values import (
+    parse_non_negative_int as parse_non_negative_int,
+)
+from llm_proxy.settings.values import (
+    parse_positive_int as parse_positive_int,
+)
+from llm_proxy.settings.values import (
+    parse_size as parse_size,
+)
+from llm_proxy.settings.values import (
+    parse_str as parse_str,
+)
 
 T = TypeVar("T")
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
-               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
-
-
-def parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "t", "true", "yes", "y", "on"}:
-        return True
-    if value in {"0", "f", "false", "no", "n", "off", ""}:
-        return False
-    raise ValueError(f"expected a boolean (true/false), got {raw!r}")
-
-
-def parse_duration(raw: str) -> float:
-    """Go-style durations (`30s`, `1m30s`, `250ms`) or a plain number of seconds."""
-    text = raw.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pos, seconds = 0, 0.0
-        for match in _DURATION_PART.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-            pos = match.end()
-        if pos != len(text) or not text:
-            raise ValueError(f"expected a duration like 30s, 5m or 1h30m, got {raw!r}") from None
-    if seconds < 0:
-        raise ValueError(f"duration must not be negative, got {raw!r}")
-    return seconds
-
-
-def parse_size(raw: str) -> int:
-    """Byte sizes: `1048576`, `10MB`, `64KiB`."""
-    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", raw)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"expected a size like 1048576, 64KB or 10MB, got {raw!r}")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-
-
-def parse_int(raw: str) -> int:
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ValueError(f"expected an integer, got {raw!r}") from None
-
-
-def parse_non_negative_int(raw: str) -> int:
-    value = parse_int(raw)
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-    return value
-
-
-def parse_positive_int(raw: str) -> int:
-    value = parse_int(raw)
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
-    return value
-
-
-def parse_str(raw: str) -> str:
-    return raw.strip()
-
-
-def parse_choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def parse_encryption_key(raw: str) -> bytes | None:
-    if not raw.strip():
-        return None
-    try:
-        key = base64.b64decode(raw.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("must be standard base64 (generate one with: openssl rand -base64 32)") from None
-    if len(key) != 32:
-        raise ValueError(f"must decode to exactly 32 bytes, got {len(key)}")
-    return key
-
-
-@dataclass(frozen=True)
-class Var:
-    """One environment variable: where it lands, how it parses, its default and its doc."""
-
-    env: str
-    field: str
-    parse: Callable[[str], Any]
-    default: Any
-    doc: str
-
-
-def _load_section(cls: type[T], catalogue: tuple[Var, ...], env: Mapping[str, str],
-                  problems: list[str]) -> T:
-    values: dict[str, Any] = {}
-    for var in catalogue:
-        raw = env.get(var.env)
-        if raw is None:
-            values[var.field] = var.default
-            continue
-        try:
-            values[var.field] = var.parse(raw)
-        except ValueError as exc:
-            problems.append(f"{var.env}: {exc}")
-            values[var.field] = var.default
-    return cls(**values)
-
 
 # --- sections ---------------------------------------------------------------------------------
 
@@ -538,114 +478,6 @@ CACHE_VARS: tuple[Var, ...] = (
     Var("REDIS_SCAN_COUNT", "scan_count", parse_positive_int, 2048, "SCAN batch size of cache purges and stats."),
 )
 
-
-@dataclass(frozen=True)
-class DispatcherSettings:
-    service: str
-    endpoint: str
-    api_key: str
-    buffer: int
-    batch_size: int
-    flush_interval: float
-    max_retries: int
-    backoff_base: float
-    backoff_max: float
-    send_timeout: float
-    concurrency: int
-    drain_timeout: float
-    detach: bool
-    health_addr: str
-    pid_file: str
-    log_file: str
-    verbose: bool
-    max_lag: int
-    file_max_bytes: int
-    file_backups: int
-
-
-DISPATCHER_VARS: tuple[Var, ...] = (
-    Var("DISPATCHER_SERVICE", "service", parse_str, "file",
-        "Sink of `llm-proxy dispatcher`: file, lunary, helicone, cloudwatch."),
-    Var("DISPATCHER_ENDPOINT", "endpoint", parse_str, "",
-        "File path (file sink) or base URL of the service; overrides the sink's own URL variable."),
-    Var("LLM_PROXY_API_KEY", "api_key", parse_str, "",
-        "Key of the sink's service; overrides LUNARY_PUBLIC_KEY/HELICONE_API_KEY."),
-    Var("DISPATCHER_BUFFER", "buffer", parse_positive_int, 1000,
-        "Accepted for compatibility with the predecessor; no effect (the dispatcher reads Redis Streams)."),
-    Var("DISPATCHER_BATCH_SIZE", "batch_size", parse_positive_int, 100, "Events per sink call."),
-    Var("DISPATCHER_FLUSH_INTERVAL", "flush_interval", parse_duration, 1.0,
-        "Longest time an event waits for its batch to fill before it is sent."),
-    Var("DISPATCHER_MAX_RETRIES", "max_retries", parse_non_negative_int, 5,
-        "Retries of a transient sink failure before the events go to the dead-letter stream."),
-    Var("DISPATCHER_BACKOFF_BASE", "backoff_base", parse_duration, 1.0,
-        "First retry delay (doubles each retry, with jitter)."),
-    Var("DISPATCHER_BACKOFF_MAX", "backoff_max", parse_duration, 30.0,
-        "Longest retry delay (a larger Retry-After still wins)."),
-    Var("DISPATCHER_TIMEOUT", "send_timeout", parse_duration, 10.0,
-        "Timeout of one HTTP/AWS call of a sink; keep it well under REDIS_STREAM_CLAIM_TIME."),
-    Var("DISPATCHER_CONCURRENCY", "concurrency", parse_positive_int, 8,
-        "Parallel requests of sinks that send one record per request (Helicone)."),
-    Var("DISPATCHER_DRAIN_TIMEOUT", "drain_timeout", parse_duration, 10.0,
-        "On SIGTERM, how long the in-flight batch may take; what is not confirmed by then stays unacknowledged."),
-    Var("DISPATCHER_DETACH", "detach", parse_bool, False, "Run in the background (pid file and log file)."),
-    Var("DISPATCHER_HEALTH_ADDR", "health_addr", parse_str, "",
-        "host:port of the dispatcher's /health and /metrics (empty: not served)."),
-    Var("DISPATCHER_PID_FILE", "pid_file", parse_str, "",
-        "PID file of --detach (default data/dispatcher-<service>.pid)."),
-    Var("DISPATCHER_LOG_FILE", "log_file", parse_str, "",
-        "Log file of --detach (default data/dispatcher-<service>.log)."),
-    Var("LLM_PROXY_DISPATCHER_VERBOSE", "verbose", parse_bool, False, "Also send response headers to the sink."),
-    Var("DISPATCHER_MAX_LAG", "max_lag", parse_positive_int, 10000,
-        "/health turns unhealthy above this many waiting events."),
-    Var("DISPATCHER_FILE_MAX_BYTES", "file_max_bytes", parse_size, 0,
-        "File sink: rotate the file when it would grow past this size (0: never)."),
-    Var("DISPATCHER_FILE_BACKUPS", "file_backups", parse_non_negative_int, 5,
-        "File sink: rotated files kept (.1 is the newest)."),
-)
-
-
-@dataclass(frozen=True)
-class LunarySettings:
-    url: str
-    key: str
-
-
-LUNARY_VARS: tuple[Var, ...] = (
-    Var("LUNARY_API_URL", "url", parse_str, "https://api.lunary.ai",
-        "Lunary API base URL (events go to /v1/runs/ingest)."),
-    Var("LUNARY_PUBLIC_KEY", "key", parse_str, "", "Lunary project key."),
-)
-
-
-@dataclass(frozen=True)
-class HeliconeSettings:
-    url: str
-    key: str
-
-
-HELICONE_VARS: tuple[Var, ...] = (
-    Var("HELICONE_API_URL", "url", parse_str, "https://api.worker.helicone.ai",
-        "Helicone logger base URL (records go to /oai/v1/log or /custom/v1/log)."),
-    Var("HELICONE_API_KEY", "key", parse_str, "", "Helicone API key."),
-)
-
-
-@dataclass(frozen=True)
-class CloudWatchSettings:
-    region: str
-    log_group: str
-    log_stream: str
-    endpoint: str
-
-
-CLOUDWATCH_VARS: tuple[Var, ...] = (
-    Var("AWS_REGION", "region", parse_str, "us-east-1", "AWS region of CloudWatch Logs."),
-    Var("CLOUDWATCH_LOG_GROUP", "log_group", parse_str, "/llm-proxy/events", "Log group (created if missing)."),
-    Var("CLOUDWATCH_LOG_STREAM", "log_stream", parse_str, "",
-        "Log stream (created if missing; default dispatcher-<hostname>)."),
-    Var("CLOUDWATCH_ENDPOINT", "endpoint", parse_str, "",
-        "Custom CloudWatch Logs endpoint URL (DISPATCHER_ENDPOINT also works)."),
-)
 
 
 @dataclass(frozen=True)
