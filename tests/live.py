@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,13 +17,7 @@ from llm_proxy.app import LlmProxyApp, create_app
 from llm_proxy.cli.server import uvicorn_config
 from llm_proxy.mock_upstream.server import MockServer, start_mock
 from llm_proxy.settings import load_settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.services import free_port
 
 
 @dataclass

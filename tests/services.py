@@ -16,6 +16,14 @@ def service_up(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port() -> int:
+    """A loopback port that is free right now (for servers a test starts itself)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def require_service(name: str, host: str, port: int) -> None:
     """Skip (or under CI=true, fail) unless `name` answers on host:port."""
     if service_up(host, port):

@@ -22,7 +22,7 @@ from llm_proxy.bus.redis_streams import RedisStreamsBus
 from llm_proxy.bus.spool import Spool
 from llm_proxy.events import Event
 from llm_proxy.settings import RedisSettings, load_settings
-from tests.services import require_service
+from tests.services import free_port, require_service
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -52,13 +52,6 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: fl
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {within} s")
         await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def redis_settings_for(url: str, **env: str) -> RedisSettings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from llm_proxy.dispatcher.runner import serve
 from llm_proxy.events import encode_event
 from tests.dispatcher.conftest import chat_event, eventually, pending_and_dead, publish, settings_with
 from tests.fakes.lunary import FakeLunary
+from tests.services import free_port
 
 
 async def invoke(args: list[str], env: dict[str, str]) -> Result:
@@ -80,13 +80,6 @@ class TestDeadLetters:
             assert "4 dead letters delivered, 0 failed" in replayed.output
         assert set(lunary.runs) == set(ids)
         assert await pending_and_dead(redis_env, group) == (0, 0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def gone(pid: int) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.live import free_port
+from tests.services import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 from tests.e2e.test_cli_processes import LLM_PROXY, base_env, wait_http
-from tests.live import free_port
-from tests.services import require_service
+from tests.services import free_port, require_service
 
 from llm_proxy.events import decode_event
 from llm_proxy.mock_upstream.threaded import ThreadedMock

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +21,7 @@ from llm_proxy.management import ManagementDeps, create_management_app
 from llm_proxy.storage.cipher import KeyCipher
 from llm_proxy.storage.database import open_storage
 from tests.management.conftest import MANAGEMENT_TOKEN, management_settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.services import free_port
 
 
 class LiveServer(threading.Thread):

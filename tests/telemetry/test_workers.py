@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llm_proxy.mock_upstream.server import start_mock
 from llm_proxy.telemetry.store import read_directory
-from tests.live import free_port
+from tests.services import free_port
 
 pytestmark = pytest.mark.e2e
 
