@@ -45,6 +45,10 @@ class Cell:
     def ttfb_p50(self) -> float:
         return self._ms("ttfb", "p50_ms")
 
+    @property
+    def cpu_per_call(self) -> float:
+        return float(self.result.get("cpu_us_per_call", math.nan))
+
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "concurrency": self.concurrency, "target": self.target,
                 **self.result}
@@ -55,9 +59,9 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def table(cells: list[Cell]) -> str:
-    head = ("mode", "c", "target", "RPS", "p50 ms", "p99 ms", "TTFB p50 ms", "ok", "failed")
+    head = ("mode", "c", "target", "RPS", "p50 ms", "p99 ms", "TTFB p50 ms", "CPU µs/call", "ok", "failed")
     rows = [(c.mode, str(c.concurrency), c.target, _fmt(c.rps, 1), _fmt(c.p50), _fmt(c.p99),
-             _fmt(c.ttfb_p50) if c.mode == "stream" else "", str(c.result["success"]),
+             _fmt(c.ttfb_p50) if c.mode == "stream" else "", _fmt(c.cpu_per_call, 0), str(c.result["success"]),
              str(c.result["failed"])) for c in sorted(cells, key=_order(cells))]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     left = {0, 2}

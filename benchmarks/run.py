@@ -181,7 +181,7 @@ def group_for(targets: list[Target], mode: str, concurrency: int,
     body = CHAT_BODY | ({"stream": True} if mode == "stream" else {})
     endpoints = [Endpoint(t.name, t.base_url + "/v1/chat/completions",
                           {"Authorization": f"Bearer {t.token}", "Content-Type": "application/json",
-                           **SCENARIO_HEADERS.get(t.name, {})}) for t in targets]
+                           **SCENARIO_HEADERS.get(t.name, {})}, t.pid) for t in targets]
     return Group(endpoints, concurrency, args.duration, args.warmup, args.slices,
                  body=json.dumps(body), timeout=args.timeout)
 

@@ -66,6 +66,7 @@ class Target:
     name: str
     base_url: str
     token: str
+    pid: int = 0
 
 
 def free_port() -> int:
@@ -168,7 +169,7 @@ def start_mock(children: Children) -> Target:
     child = children.start("mock", mock_argv(port))
     url = f"http://{LOOPBACK}:{port}"
     children.wait_ready(child, url + "/v1/models")
-    return Target("direct", url, UPSTREAM_KEY)
+    return Target("direct", url, UPSTREAM_KEY, child.proc.pid)
 
 
 def start_passthrough(children: Children, upstream: str) -> Target:
@@ -178,7 +179,7 @@ def start_passthrough(children: Children, upstream: str) -> Target:
     child = children.start("passthrough", argv)
     url = f"http://{LOOPBACK}:{port}"
     children.wait_ready(child, url + "/v1/models")
-    return Target("passthrough", url, UPSTREAM_KEY)
+    return Target("passthrough", url, UPSTREAM_KEY, child.proc.pid)
 
 
 def proxy_env(name: str, port: int, upstream: str, workdir: Path, management_token: str,
@@ -205,7 +206,7 @@ def start_proxy(children: Children, name: str, upstream: str, extra: dict[str, s
     child = children.start(name, [sys.executable, "-m", "llm_proxy", "server"], env)
     url = f"http://{LOOPBACK}:{port}"
     children.wait_ready(child, url + "/health", timeout=60.0)
-    return Target(name, url, issue_token(url, management_token, name))
+    return Target(name, url, issue_token(url, management_token, name), child.proc.pid)
 
 
 def issue_token(url: str, management_token: str, name: str) -> str:

@@ -80,6 +80,8 @@ class Run:
     samples: list[Sample]
     wall: float
     concurrency: int
+    completed: int = 0
+    """Every request that finished, warm-up and lead-out included (for per-call costs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +292,7 @@ async def run_for(spec: RequestSpec, concurrency: int, duration: float, warmup: 
 
     results = await asyncio.gather(*(worker() for _ in range(concurrency)))
     inside = [s for batch in results for s in batch if window_start <= s.end <= window_end]
-    return Run(inside, duration, concurrency)
+    return Run(inside, duration, concurrency, sum(map(len, results)))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
