@@ -134,3 +134,13 @@ class TestConfiguration:
                               {"LLM_PROXY_EVENT_BUS": "in-memory"})
         assert result.exit_code == 2
         assert "the dispatcher reads redis-streams" in result.output
+
+    async def test_a_bad_telemetry_handler_fails_before_detaching(self, tmp_path: Path,
+                                                                  redis_env: dict[str, str]) -> None:
+        pid_file = tmp_path / "d.pid"
+        result = await invoke(["--service", "file", "--endpoint", str(tmp_path / "x.jsonl"), "--detach",
+                               "--pid-file", str(pid_file)],
+                              {**redis_env, "TELEMETRY_HANDLERS": "no_such_module_here:install"})
+        assert result.exit_code == 2
+        assert "TELEMETRY_HANDLERS: cannot load no_such_module_here:install" in result.output
+        assert not pid_file.exists()

@@ -26,6 +26,7 @@ from llm_proxy.dispatcher.sinks import SINKS, build_sink
 from llm_proxy.dispatcher.transform import Transformer
 from llm_proxy.errors import ConfigError
 from llm_proxy.settings import Settings
+from llm_proxy.telemetry.events import Telemetry, install_handlers
 from llm_proxy.telemetry.logs import configure_logging
 
 FLAGS = {"service": "DISPATCHER_SERVICE", "endpoint": "DISPATCHER_ENDPOINT", "api_key": "LLM_PROXY_API_KEY",
@@ -90,6 +91,7 @@ def _run(env: dict[str, str], settings: Settings) -> None:
     try:  # configuration errors surface here, before detaching
         build_sink(settings.dispatcher.service, settings)
         build_bus_for_dispatcher(settings, logging.getLogger("llm_proxy.dispatcher"))
+        install_handlers(Telemetry(), settings.metrics.handlers)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"llm-proxy: config error: {problem}", err=True)

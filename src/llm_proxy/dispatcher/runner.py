@@ -4,6 +4,9 @@ Consumer groups: by default each service has its own group, `llm-proxy-dispatche
 so different services each receive every event (fan-out) while instances of one service share
 the work; `REDIS_CONSUMER_GROUP` overrides. The consumer name defaults to
 `dispatcher-<service>-<host>-<pid>`.
+
+Telemetry: the dispatcher emits on the process-wide registry (`llm_proxy.telemetry.default`) unless
+given one, after running the `TELEMETRY_HANDLERS` entries against it, as the proxy server does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from llm_proxy.dispatcher.sinks import Sink, build_sink
 from llm_proxy.dispatcher.transform import Transformer
 from llm_proxy.errors import ConfigError
 from llm_proxy.settings import Settings
+from llm_proxy.telemetry import Telemetry
+from llm_proxy.telemetry import default as default_telemetry
+from llm_proxy.telemetry.events import install_handlers
 
 
 def consumer_group(settings: Settings, service: str) -> str:
@@ -61,9 +67,12 @@ def build_bus_for_dispatcher(settings: Settings, logger: logging.Logger, *, bus:
 
 async def serve(settings: Settings, stop: asyncio.Event, *, logger: logging.Logger | None = None,
                 bus: EventBus | None = None, sink: Sink | None = None,
-                started: asyncio.Future[DispatcherProcess] | None = None) -> DispatcherProcess:
+                started: asyncio.Future[DispatcherProcess] | None = None,
+                telemetry: Telemetry | None = None) -> DispatcherProcess:
     """Run one dispatcher until `stop` is set, then drain and close everything it opened."""
     logger = logger or logging.getLogger("llm_proxy.dispatcher")
+    telemetry = telemetry if telemetry is not None else default_telemetry
+    install_handlers(telemetry, settings.metrics.handlers)
     service = settings.dispatcher.service
     sink = sink or build_sink(service, settings)
     bus = build_bus_for_dispatcher(settings, logger, bus=bus)
@@ -74,7 +83,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, logger: logging.Logg
         stack.push_async_callback(subscription.aclose)
         dispatcher = Dispatcher(subscription, sink, Transformer(verbose=settings.dispatcher.verbose),
                                 settings.dispatcher, service=service, logger=logger,
-                                claim_time=settings.redis.claim_time)
+                                claim_time=settings.redis.claim_time, telemetry=telemetry)
         process = DispatcherProcess(dispatcher, bus, subscription)
         if settings.dispatcher.health_addr:
             probe = (BusStatsProbe(bus, group) if bus.stats().backend != "redis-streams"

@@ -363,7 +363,8 @@ METRICS_VARS: tuple[Var, ...] = (
     Var("METRICS_MULTIPROCESS_DIR", "multiprocess_dir", parse_str, "",
         "Directory where workers share metric values (default with WORKERS>1: a directory in the system temp)."),
     Var("TELEMETRY_HANDLERS", "handlers", parse_import_list, (),
-        "Comma-separated `module:function`s called with the telemetry registry at start-up to attach handlers."),
+        "Comma-separated `module:function`s called with the telemetry registry at start-up (in every server worker "
+        "and in the dispatcher) to attach handlers."),
 )
 
 
