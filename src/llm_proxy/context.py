@@ -27,6 +27,10 @@ class RequestContext:
     client_ip: str | None = None
     request_body: bytes = b""
     """The whole request body as the endpoint read it (the middleware caps what it keeps)."""
+    request_document: dict[str, Any] | None = None
+    """The request body parsed as a JSON object, when it is one (parsed once, by the endpoint)."""
+    response_document: dict[str, Any] | None = None
+    """A non-streamed JSON answer parsed as an object, when the endpoint parsed it to price it."""
     upstream_started: float | None = None
     upstream_first_byte: float | None = None
     upstream_finished: float | None = None

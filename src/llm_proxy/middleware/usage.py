@@ -17,12 +17,21 @@ def usage_from_response(body: bytes, content_type: str, encoded: bool) -> dict[s
     if content_type.startswith("text/event-stream"):
         return _from_sse(body)
     if content_type.startswith("application/json"):
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        return normalize_usage(document.get("usage") if isinstance(document, dict) else None)
+        return usage_from_json(body)[0]
     return None
+
+
+def usage_from_json(body: bytes) -> tuple[dict[str, int] | None, dict[str, Any] | None]:
+    """The usage of a plain JSON answer, and the answer parsed (None unless a JSON object with a usage)."""
+    if b'"usage"' not in body:
+        return None, None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    return normalize_usage(document.get("usage")), document
 
 
 def _from_sse(body: bytes) -> dict[str, int] | None:

@@ -41,7 +41,6 @@ Send = Any
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _JSON_TYPES = (b"application/json", b"application/json;", b"application/json; charset=utf-8")
-TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 AUDITED_CODES = frozenset({
     "invalid_token", "token_not_found", "token_inactive", "token_expired", "rate_limit_exceeded",
     "project_inactive", "origin_not_allowed", "budget_exceeded",
@@ -131,6 +130,7 @@ class ProxyEndpoint:
         if body and headers.get(b"content-type", b"").startswith(_JSON_TYPES):
             parsed = _parse_json(body)
             if isinstance(parsed, dict):
+                ctx.request_document = parsed
                 model = parsed.get("model")
                 ctx.model = model if isinstance(model, str) else None
                 ctx.stream = parsed.get("stream") is True
@@ -153,10 +153,12 @@ class ProxyEndpoint:
         path_qs = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string") and "?" not in path_qs:
             path_qs += "?" + scope["query_string"].decode("latin-1")
-        out_headers = hdr.upstream_headers(scope["headers"], self._auth_header,
-                                           self.provider.auth.value(key), ctx.request_id, self._extra_headers)
-        if self._trace_headers is not None:
-            out_headers = [h for h in out_headers if h[0].lower() not in TRACE_HEADERS] + self._trace_headers()
+        trace_headers = self._trace_headers
+        out_headers = hdr.upstream_headers(scope["headers"], self._auth_header, self.provider.auth.value(key),
+                                           ctx.request_id, self._extra_headers,
+                                           hdr.DROP_UPSTREAM if trace_headers is None else hdr.DROP_UPSTREAM_TRACED)
+        if trace_headers is not None:
+            out_headers += trace_headers()
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ctx))

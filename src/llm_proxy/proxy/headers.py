@@ -16,6 +16,9 @@ DROP_UPSTREAM = HOP_BY_HOP | CLIENT_IP_HEADERS | {
     b"host", b"content-length", b"authorization", b"x-request-id", b"cookie", b"x-llm-proxy-user",
 }
 
+DROP_UPSTREAM_TRACED = DROP_UPSTREAM | {b"traceparent", b"tracestate"}
+"""With tracing on, the proxy sends its own trace context upstream (the client's is the parent)."""
+
 DROP_DOWNSTREAM = HOP_BY_HOP | {b"set-cookie", b"x-request-id"}
 
 EXPOSE_HEADERS = (
@@ -28,9 +31,10 @@ PREFLIGHT_DEFAULT_HEADERS = b"Authorization, Content-Type, X-Requested-With"
 
 
 def upstream_headers(raw: list[tuple[bytes, bytes]], auth_header: str, auth_value: str,
-                     request_id: str, extra: dict[str, str]) -> list[tuple[str, str]]:
-    """Client headers minus hop-by-hop, client-IP and credential headers, plus ours."""
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k not in DROP_UPSTREAM]
+                     request_id: str, extra: dict[str, str],
+                     drop: frozenset[bytes] = DROP_UPSTREAM) -> list[tuple[str, str]]:
+    """Client headers minus hop-by-hop, client-IP and credential headers (`drop`), plus ours."""
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k not in drop]
     out.append((auth_header, auth_value))
     out.append(("X-Request-ID", request_id))
     out.extend(extra.items())

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from llm_proxy.context import RequestContext
-from llm_proxy.middleware.usage import usage_from_response
+from llm_proxy.middleware.usage import usage_from_json
 from llm_proxy.proxy.upstream import UpstreamResponse, UpstreamUnreachableError
 from llm_proxy.telemetry.cost import PriceTable
 
@@ -75,7 +75,7 @@ async def relay_priced(response: UpstreamResponse, out: Headers, send: Send, ctx
 
 def add_cost_header(body: bytes, out: Headers, ctx: RequestContext, prices: PriceTable) -> None:
     """Price a whole non-streamed JSON body: `ctx.usage` and, when priced, the header in `out`."""
-    usage = usage_from_response(body, "application/json", False)
+    usage, ctx.response_document = usage_from_json(body)
     if usage is None:
         return
     ctx.usage = usage

@@ -67,7 +67,8 @@ class CallRecord(NamedTuple):
     request_body: bytes
     response_body: bytes | bytearray
     body_attributes: Mapping[str, Any] | None
-    """Attributes already read from bodies too large to keep (`MAX_DEFERRED_BODY`); then both bodies are empty."""
+    """Attributes already read on the request path: from the bodies the endpoint had parsed anyway, or from
+    bodies too large to keep (`MAX_DEFERRED_BODY`). The bodies above are the ones still to be read."""
 
 
 QueuedRecord = tuple[Any, ...]
@@ -162,8 +163,11 @@ class CallEncoder:
         if record.first_chunk is not None:
             parts.append(otlp.attribute("gen_ai.response.time_to_first_chunk", max(record.first_chunk, 0.0)))
         found = record.body_attributes
-        if found is None:
-            found = body_attributes(record.request_body, record.response_body, self.names, self.capture_content)
+        if record.request_body or record.response_body:
+            later = body_attributes(record.request_body, record.response_body, self.names, self.capture_content)
+            found = {**found, **later} if found else later
+        elif found is None:
+            found = {}
         attribute = self.attribute
         parts += [otlp.attribute(k, v) if k in _UNIQUE else attribute(k, v) for k, v in found.items()]
         return otlp.span(parts)
@@ -192,8 +196,12 @@ class CallEncoder:
 def body_attributes(request_body: bytes, response_body: bytes | bytearray, names: semconv.GenAiNames,
                     capture: bool) -> dict[str, Any]:
     """Request parameters and response fields of the CLIENT span (`response_body` empty for streams)."""
+    return document_attributes(_json(request_body), _json(response_body), names, capture)
+
+
+def document_attributes(request: Any, response: Any, names: semconv.GenAiNames, capture: bool) -> dict[str, Any]:
+    """`body_attributes` from the bodies already parsed (None, or anything but an object, gives nothing)."""
     found: dict[str, Any] = {}
-    request = _json(request_body)
     if isinstance(request, dict):
         parameters = semconv.REQUEST_PARAMETERS
         for key, value in request.items():
@@ -202,7 +210,6 @@ def body_attributes(request_body: bytes, response_body: bytes | bytearray, names
                 found[attribute] = value
         if capture and isinstance(request.get("messages", request.get("input")), list | str):
             found["gen_ai.input.messages"] = orjson.dumps(request.get("messages", request.get("input"))).decode()
-    response = _json(response_body)
     if isinstance(response, dict):
         _response_attributes(found, response, names, capture)
     return found

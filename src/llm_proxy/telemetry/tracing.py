@@ -32,10 +32,10 @@ from llm_proxy.telemetry import semconv
 from llm_proxy.telemetry.call_spans import (
     MAX_DEFERRED_BODY,
     CallEncoder,
-    CallRecord,
     ChildRecord,
     QueuedRecord,
     body_attributes,
+    document_attributes,
 )
 from llm_proxy.telemetry.events import Telemetry
 from llm_proxy.telemetry.exporter import OtlpHttpExporter, SpanExporter
@@ -179,9 +179,10 @@ class Tracing:
             return
         self._state.set(None)
         if call.sampled:
-            self.exporter.submit(tuple(self._record(call, m, md)))
+            self.exporter.submit(self._record(call, m, md))
 
-    def _record(self, call: _Call, m: Mapping[str, Any], md: Mapping[str, Any]) -> CallRecord:
+    def _record(self, call: _Call, m: Mapping[str, Any], md: Mapping[str, Any]) -> QueuedRecord:
+        """The fields of a `CallRecord`, as a plain tuple (see call_spans)."""
         end = time.time_ns()
         ctx = md["context"]
         upstream = None
@@ -196,18 +197,28 @@ class Tracing:
         first_chunk = None
         if stream and m["time_to_first_byte"] is not None and ctx.upstream_started is not None:
             first_chunk = ctx.started + m["time_to_first_byte"] - ctx.upstream_started
-        request: bytes = ctx.request_body if upstream else b""
-        response: bytes | bytearray = md.get("response_body", b"") if upstream and not stream else b""
-        parsed = None
-        if len(request) > MAX_DEFERRED_BODY or len(response) > MAX_DEFERRED_BODY:
-            parsed, request, response = body_attributes(request, response, self.names, self.capture_content), b"", b""
+        request: bytes = b""
+        response: bytes | bytearray = b""
+        found = None
+        if upstream:
+            request_document = ctx.request_document
+            response_document = None if stream else ctx.response_document
+            if request_document is None:
+                request = ctx.request_body
+            if response_document is None and not stream:
+                response = md.get("response_body", b"")
+            if request_document is not None or response_document is not None:
+                found = document_attributes(request_document, response_document, self.names, self.capture_content)
+            if len(request) > MAX_DEFERRED_BODY or len(response) > MAX_DEFERRED_BODY:
+                found = {**(found or {}), **body_attributes(request, response, self.names, self.capture_content)}
+                request = response = b""
         usage = None
         if md["usage_known"]:
             usage = (m["input_tokens"], m["output_tokens"], m["cached_tokens"], m["reasoning_tokens"])
-        return CallRecord(call.trace_id, call.span_id, call.parent_id, call.remote, call.trace_state, call.method,
-                          call.path, call.start, end, tuple(call.children), upstream, md["status"], md["request_id"],
-                          md["project_id"], md["token_id"], md["cache_status"], md["error_code"], usage,
-                          m["cost_usd"], stream, first_chunk, request, response, parsed)
+        return (call.trace_id, call.span_id, call.parent_id, call.remote, call.trace_state, call.method,
+                call.path, call.start, end, tuple(call.children), upstream, md["status"], md["request_id"],
+                md["project_id"], md["token_id"], md["cache_status"], md["error_code"], usage,
+                m["cost_usd"], stream, first_chunk, request, response, found)
 
 
 def build_tracing(settings: TracingSettings, upstream_url: str,
