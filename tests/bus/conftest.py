@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,10 +18,9 @@ from llm_proxy.bus.redis_streams import RedisStreamsBus
 from llm_proxy.bus.spool import Spool
 from llm_proxy.events import Event
 from llm_proxy.settings import RedisSettings, load_settings
-from tests.services import free_port, require_service
+from tests.services import PrivateRedis, require_redis_server, require_service
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-REDIS_SERVER = "/usr/bin/redis-server"
 
 
 def make_event(i: int = 0, **fields: Any) -> Event:
@@ -103,48 +98,6 @@ async def make_bus(tmp_path: Path) -> AsyncIterator[BusFactory]:
     yield build
     for bus in buses:
         await bus.aclose()
-
-
-class PrivateRedis:
-    """A redis-server of this test only, on a free loopback port, that can be stopped."""
-
-    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.persistent = persistent
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not listen on {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=5)
-            self.process = None
-
-
-def require_redis_server() -> None:
-    if shutil.which(REDIS_SERVER) is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{REDIS_SERVER} is not installed (required under CI=true)")
-        pytest.skip(f"{REDIS_SERVER} is not installed")
 
 
 @pytest.fixture

@@ -16,14 +16,8 @@ from llm_proxy.bus.redis_consumer import RedisSubscription
 from llm_proxy.bus.spool import Spool
 from llm_proxy.events import decode_event, encode_event, sanitize_headers
 from llm_proxy.settings import RedisSettings
-from tests.bus.conftest import (
-    BusFactory,
-    PrivateRedis,
-    eventually,
-    free_port,
-    make_event,
-    redis_settings_for,
-)
+from tests.bus.conftest import BusFactory, eventually, make_event, redis_settings_for
+from tests.services import PrivateRedis, free_port
 
 VICTIM = """
 import asyncio, sys

@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 
 from llm_proxy.bus import build_bus
 from llm_proxy.dispatcher.runner import serve
-from tests.bus.conftest import PrivateRedis, require_redis_server
 from tests.dispatcher.conftest import chat_event, eventually, pending_and_dead, publish, settings_with
 from tests.fakes.helicone import FakeHelicone
 from tests.fakes.lunary import FakeLunary
+from tests.services import PrivateRedis, require_redis_server
 
 pytestmark = pytest.mark.redis
 

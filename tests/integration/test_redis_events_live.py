@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from tests.bus.conftest import PrivateRedis, require_redis_server
 from tests.live import LiveProxy, running_proxy
-from tests.services import require_service
+from tests.services import PrivateRedis, require_redis_server, require_service
 
 from llm_proxy.events import Event, decode_event
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from llm_proxy.telemetry.cost import PriceTable
 from llm_proxy.telemetry.events import EVENT_NAMES
 from llm_proxy.telemetry.logs import JsonFormatter
 from tests.live import LiveProxy, running_proxy
+from tests.services import require_tool
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count these four words"}]}
 STOP_MEASUREMENTS = {"duration", "upstream_duration", "overhead", "time_to_first_byte", "input_tokens",
@@ -58,9 +58,8 @@ def prometheus_samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]
 
 
 def promtool_problems(text: bytes) -> str:
-    """What `promtool check metrics` objects to (lint included); "" when it is absent or content."""
-    if shutil.which("promtool") is None:
-        return ""
+    """What `promtool check metrics` objects to (lint included); "" when content."""
+    require_tool("promtool", ".ci/run fetches it")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30,
                            check=False)
     return "" if check.returncode == 0 else (check.stdout + check.stderr).decode()
