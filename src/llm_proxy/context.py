@@ -31,6 +31,9 @@ class RequestContext:
     """The request body parsed as a JSON object, when it is one (parsed once, by the endpoint)."""
     response_document: dict[str, Any] | None = None
     """A non-streamed JSON answer parsed as an object, when the endpoint parsed it to price it."""
+    auth_started: float | None = None
+    auth_finished: float | None = None
+    """Around the token check (the tracing's `llm_proxy.auth` span); a check that failed leaves `token_id` None."""
     upstream_started: float | None = None
     upstream_first_byte: float | None = None
     upstream_finished: float | None = None

@@ -143,7 +143,7 @@ async def _build_telemetry(settings: Settings, telemetry: Telemetry, bus: EventB
                                    bus_stats=bus.stats)
         metrics.start()
         stack.push_async_callback(metrics.aclose)
-    tracing = build_tracing(settings.tracing, providers.active.base_url)
+    tracing = build_tracing(settings.tracing, providers.active.base_url, log_settings=settings.log)
     if tracing is not None:
         tracing.attach(telemetry)
         stack.push_async_callback(asyncio.to_thread, tracing.shutdown)

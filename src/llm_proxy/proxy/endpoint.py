@@ -138,10 +138,14 @@ class ProxyEndpoint:
         origin = headers.get(b"origin")
         self.validator.check_origin(origin.decode("latin-1") if origin is not None else None)
         authorization = headers.get(b"authorization")
-        with self.telemetry.span("llm_proxy.auth", {"context": ctx}):
-            grant = await self.authenticator.authenticate(
-                authorization.decode("latin-1") if authorization is not None else None, count=count
-            )
+        ctx.auth_started = time.monotonic()
+        try:
+            with self.telemetry.span("llm_proxy.auth", {"context": ctx}):
+                grant = await self.authenticator.authenticate(
+                    authorization.decode("latin-1") if authorization is not None else None, count=count
+                )
+        finally:
+            ctx.auth_finished = time.monotonic()
         ctx.project_id = grant.project_id
         ctx.token_id = grant.token.id
         ctx.token_metadata = grant.metadata

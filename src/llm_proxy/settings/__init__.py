@@ -384,6 +384,7 @@ class TracingSettings:
     sampler_arg: float
     semconv_opt_in: str
     capture_content: bool
+    export_process: bool
 
     @property
     def enabled(self) -> bool:
@@ -429,6 +430,8 @@ TRACING_VARS: tuple[Var, ...] = (
         "`gen_ai_latest_experimental`: newest GenAI attribute names instead of v1.41's."),
     Var("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "capture_content", parse_bool, False,
         "Put prompt and completion messages on spans."),
+    Var("LLM_PROXY_TRACE_EXPORT_PROCESS", "export_process", parse_bool, True,
+        "Encode and post spans in one child process per worker (true) or in the worker itself (false)."),
 )
 
 

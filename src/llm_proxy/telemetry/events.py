@@ -126,8 +126,9 @@ class TelemetrySpan:
 
     def __enter__(self) -> dict[str, Any]:
         self._started = now = time.monotonic()
-        self._telemetry.execute(self._names[0], {"monotonic_time": now, "system_time": time.time()},
-                                self._metadata)
+        if self._names[0] in self._telemetry._by_name:
+            self._telemetry.execute(self._names[0], {"monotonic_time": now, "system_time": time.time()},
+                                    self._metadata)
         return self._metadata
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

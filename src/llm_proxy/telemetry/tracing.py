@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from llm_proxy import __version__
-from llm_proxy.settings import TracingSettings
+from llm_proxy.context import RequestContext
+from llm_proxy.settings import LogSettings, TracingSettings
 from llm_proxy.telemetry import semconv
 from llm_proxy.telemetry.call_spans import (
     MAX_DEFERRED_BODY,
@@ -49,7 +50,8 @@ from llm_proxy.telemetry.trace_context import (
     traceparent,
 )
 
-_CHILDREN = ("llm_proxy.auth", "llm_proxy.cache.lookup")
+_AUTH = "llm_proxy.auth"
+_CHILDREN = ("llm_proxy.cache.lookup",)
 _CHILD_NAMES = {f"{prefix}.{phase}": prefix for prefix in _CHILDREN for phase in ("stop", "exception")}
 _CHILD_ATTRIBUTES = ("result", "status", "cache_status")
 
@@ -82,8 +84,10 @@ class _Call:
 class Tracing:
     """The handlers that turn telemetry events into call records, and the exporter they feed.
 
-    Only four events are handled per call: request start and stop, and the stop (or exception)
-    of the token check and cache lookup, whose start is the stop time less their duration. The
+    Only three events are handled per call: request start and stop, and the stop (or exception)
+    of the cache lookup, whose start is the stop time less its duration. The token check's span
+    comes from the times the endpoint notes on the `RequestContext` (`auth_started`,
+    `auth_finished`): every call has one, and listening to its telemetry span cost more. The
     CLIENT span starts when the endpoint asks for the headers to propagate (`propagation_headers`,
     right before the upstream request) and ends when the upstream answer was relayed
     (`RequestContext.upstream_finished`).
@@ -185,6 +189,10 @@ class Tracing:
         """The fields of a `CallRecord`, as a plain tuple (see call_spans)."""
         end = time.time_ns()
         ctx = md["context"]
+        children = tuple(call.children)
+        auth_started = ctx.auth_started
+        if auth_started is not None:
+            children = (self._auth_child(call, ctx, auth_started, end), *children)
         upstream = None
         if call.client_id:
             finished = ctx.upstream_finished
@@ -216,27 +224,48 @@ class Tracing:
         if md["usage_known"]:
             usage = (m["input_tokens"], m["output_tokens"], m["cached_tokens"], m["reasoning_tokens"])
         return (call.trace_id, call.span_id, call.parent_id, call.remote, call.trace_state, call.method,
-                call.path, call.start, end, tuple(call.children), upstream, md["status"], md["request_id"],
+                call.path, call.start, end, children, upstream, md["status"], md["request_id"],
                 md["project_id"], md["token_id"], md["cache_status"], md["error_code"], usage,
                 m["cost_usd"], stream, first_chunk, request, response, found)
 
 
-def build_tracing(settings: TracingSettings, upstream_url: str,
-                  exporter: SpanExporter[QueuedRecord] | None = None) -> Tracing | None:
-    """The tracing of one worker, or None when it is off (no OTLP endpoint, or disabled)."""
+    @staticmethod
+    def _auth_child(call: _Call, ctx: RequestContext, started: float, end: int) -> ChildRecord:
+        start = call.start + int((started - call.monotonic_start) * 1e9)
+        finished = ctx.auth_finished
+        auth_end = end if finished is None else call.start + int((finished - call.monotonic_start) * 1e9)
+        error = None if ctx.token_id is not None else ctx.error_code or "error"
+        return _AUTH, new_span_id(), start, max(auth_end, start), error, ()
+
+
+def build_tracing(settings: TracingSettings, upstream_url: str, exporter: SpanExporter[QueuedRecord] | None = None,
+                  log_settings: LogSettings | None = None) -> Tracing | None:
+    """The tracing of one worker, or None when it is off (no OTLP endpoint, or disabled).
+
+    Spans are encoded and posted by a child process (export_process.py) unless
+    `LLM_PROXY_TRACE_EXPORT_PROCESS=false`; `log_settings` are the child's.
+    """
     if exporter is None and not settings.enabled:
         return None
-    names = semconv.names_for(settings.semconv_opt_in)
-    if exporter is None:
-        resource = {"telemetry.sdk.language": "python", "telemetry.sdk.name": "llm-proxy",
-                    "telemetry.sdk.version": __version__, **_pairs(settings.resource_attributes),
-                    "service.name": settings.service_name, "service.version": __version__}
-        headers = {"User-Agent": f"llm-proxy/{__version__}", **_pairs(settings.traces_headers or settings.headers)}
-        exporter = OtlpHttpExporter(_traces_url(settings), headers,
-                                    settings.timeout, ExportRequest(resource, "llm_proxy", __version__),
-                                    CallEncoder(upstream_url, names, settings.capture_content))
-    return Tracing(exporter, make_sampler(settings.sampler, settings.sampler_arg), names=names,
-                   capture_content=settings.capture_content)
+    if exporter is None and settings.export_process:
+        from llm_proxy.telemetry.export_process import ProcessSpanExporter
+
+        exporter = ProcessSpanExporter(settings, log_settings or LogSettings("info", "json", ""), upstream_url)
+    elif exporter is None:
+        exporter = build_otlp_exporter(settings, upstream_url)
+    return Tracing(exporter, make_sampler(settings.sampler, settings.sampler_arg),
+                   names=semconv.names_for(settings.semconv_opt_in), capture_content=settings.capture_content)
+
+
+def build_otlp_exporter(settings: TracingSettings, upstream_url: str) -> OtlpHttpExporter[QueuedRecord]:
+    """The exporter that encodes and posts spans, in the worker or in its exporter process."""
+    resource = {"telemetry.sdk.language": "python", "telemetry.sdk.name": "llm-proxy",
+                "telemetry.sdk.version": __version__, **_pairs(settings.resource_attributes),
+                "service.name": settings.service_name, "service.version": __version__}
+    headers = {"User-Agent": f"llm-proxy/{__version__}", **_pairs(settings.traces_headers or settings.headers)}
+    encoder = CallEncoder(upstream_url, semconv.names_for(settings.semconv_opt_in), settings.capture_content)
+    return OtlpHttpExporter(_traces_url(settings), headers, settings.timeout,
+                            ExportRequest(resource, "llm_proxy", __version__), encoder)
 
 
 def _traces_url(settings: TracingSettings) -> str:
