@@ -88,7 +88,8 @@ class LlmProxyApp:
         if observed or services.metrics is not None or services.tracing is not None or services.budget is not None:
             app = InstrumentationMiddleware(app, bus=services.bus if observed else None,
                                             settings=self.settings.observability, telemetry=services.telemetry,
-                                            prices=services.prices)
+                                            prices=services.prices,
+                                            trace_start=services.tracing.start if services.tracing else None)
         return app
 
     async def _lifespan(self, receive: Any, send: Any) -> None:

@@ -201,8 +201,7 @@ def _traced(sampler: str = "parentbased_always_on") -> tuple[Telemetry, Any, _Me
 def _call(telemetry: Telemetry, tracing: Any, headers: list[tuple[bytes, bytes]],
           fail_auth: bool = False) -> tuple[RequestContext, list[tuple[str, str]]]:
     ctx = RequestContext(started_at=datetime.now(UTC), started=time.monotonic(), provider="openai", model="m")
-    telemetry.execute("llm_proxy.proxy.request.start", {}, {"method": "POST", "path": "/v1/chat/completions",
-                                                            "headers": headers, "context": ctx})
+    tracing.start({"method": "POST", "path": "/v1/chat/completions", "headers": headers}, ctx)
     ctx.auth_started = time.monotonic()
     ctx.auth_finished = ctx.auth_started + 1e-3
     if fail_auth:

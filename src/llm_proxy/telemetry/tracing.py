@@ -6,15 +6,17 @@ and one CLIENT child `chat gpt-4o` for the upstream call, whose context is what 
 receives as `traceparent`. The CLIENT span ends when the upstream finished; its usage attributes
 are known only once the whole answer passed.
 
-Tracing every call must stay cheap next to the proxy's own work (~0.4 ms of CPU per call), so
+Tracing every call must stay cheap next to the proxy's own work (~0.25 ms of CPU per call), so
 these handlers do not build spans: they note ids, clock readings and the stop event's values in a
-`CallRecord` (call_spans.py) and queue it. The exporter's background task encodes records as OTLP
-protobuf spans with their attributes (call_spans.py, otlp.py) and posts them (exporter.py).
-The OpenTelemetry SDK, used before, cost ~350 µs per call and halved a CPU-bound proxy's throughput.
+`CallRecord` (call_spans.py) and queue it. An exporter encodes records as OTLP protobuf spans with
+their attributes (call_spans.py, otlp.py) and posts them (exporter.py), by default in a child
+process of the worker (export_process.py). The OpenTelemetry SDK, used before, cost ~350 µs per
+call and halved a CPU-bound proxy's throughput.
 
-Per-request state lives in a context variable set on `proxy.request.start`: every handler call
-of one request runs in that request's task, so no lookup table or lock is needed. When tracing
-is off nothing here is built or attached (`build_tracing` returns None).
+Per-request state lives in a context variable set by `start`, which the instrumentation calls
+directly (a telemetry event for it cost more): every handler call of one request runs in that
+request's task, so no lookup table or lock is needed. When tracing is off nothing here is built
+or attached (`build_tracing` returns None).
 """
 
 from __future__ import annotations
@@ -84,8 +86,9 @@ class _Call:
 class Tracing:
     """The handlers that turn telemetry events into call records, and the exporter they feed.
 
-    Only three events are handled per call: request start and stop, and the stop (or exception)
-    of the cache lookup, whose start is the stop time less its duration. The token check's span
+    `start` is called by the instrumentation as each call begins; then two telemetry events are
+    handled: request stop, and the stop (or exception) of the cache lookup, whose start is the stop
+    time less its duration. The token check's span
     comes from the times the endpoint notes on the `RequestContext` (`auth_started`,
     `auth_finished`): every call has one, and listening to its telemetry span cost more. The
     CLIENT span starts when the endpoint asks for the headers to propagate (`propagation_headers`,
@@ -94,8 +97,11 @@ class Tracing:
     """
 
     def __init__(self, exporter: SpanExporter[QueuedRecord], sampler: Sampler, *, names: semconv.GenAiNames,
-                 capture_content: bool) -> None:
+                 capture_content: bool, defer_bodies: bool = False) -> None:
         self.exporter = exporter
+        self.defer_bodies = defer_bodies
+        """Leave the span attributes in the bodies to the encoder (it runs in another process), rather
+        than read them here from the documents the endpoint parsed."""
         self.sampler = sampler
         self.names = names
         self.capture_content = capture_content
@@ -103,7 +109,6 @@ class Tracing:
         self._handler_id = f"llm_proxy.tracing.{id(self):x}"
 
     def attach(self, telemetry: Telemetry) -> None:
-        telemetry.attach(f"{self._handler_id}.start", "llm_proxy.proxy.request.start", self._on_request_start)
         telemetry.attach_many(f"{self._handler_id}.stop", ("llm_proxy.proxy.request.stop",
                               "llm_proxy.proxy.request.exception"), self._on_request_stop)
         for prefix in _CHILDREN:
@@ -145,9 +150,10 @@ class Tracing:
             return
         asyncio.run_coroutine_threadsafe(self.exporter.aclose(), loop).result(timeout)
 
-    def _on_request_start(self, name: str, m: Mapping[str, Any], md: Mapping[str, Any], config: Any) -> None:
+    def start(self, scope: Mapping[str, Any], ctx: RequestContext) -> None:
+        """A call begins: called by the instrumentation for every call (not through a telemetry event)."""
         traceparent_header = tracestate = ""
-        for key, value in md["headers"]:
+        for key, value in scope["headers"]:
             if key == b"traceparent":
                 traceparent_header = value.decode("latin-1")
             elif key == b"tracestate":
@@ -155,12 +161,12 @@ class Tracing:
         parent = parse_parent(traceparent_header, tracestate) if traceparent_header else None
         if parent is None:
             trace_id = new_trace_id()
-            call = _Call(trace_id, 0, "", self.sampler(None, trace_id), md["method"], md["path"])
+            call = _Call(trace_id, 0, "", self.sampler(None, trace_id), scope["method"], scope["path"])
         else:
             call = _Call(parent.trace_id, parent.span_id, parent.trace_state, self.sampler(parent, parent.trace_id),
-                         md["method"], md["path"])
+                         scope["method"], scope["path"])
         self._state.set(call)
-        md["context"].trace_id = call.trace_hex
+        ctx.trace_id = call.trace_hex
 
     def _on_child_end(self, name: str, m: Mapping[str, Any], md: Mapping[str, Any], config: Any) -> None:
         call = self._state.get()
@@ -192,7 +198,11 @@ class Tracing:
         children = tuple(call.children)
         auth_started = ctx.auth_started
         if auth_started is not None:
-            children = (self._auth_child(call, ctx, auth_started, end), *children)
+            start = call.start + int((auth_started - call.monotonic_start) * 1e9)
+            finished = ctx.auth_finished
+            auth_end = end if finished is None else call.start + int((finished - call.monotonic_start) * 1e9)
+            children = ((_AUTH, new_span_id(), start, max(auth_end, start),
+                         None if ctx.token_id is not None else ctx.error_code or "error", ()), *children)
         upstream = None
         if call.client_id:
             finished = ctx.upstream_finished
@@ -209,14 +219,18 @@ class Tracing:
         response: bytes | bytearray = b""
         found = None
         if upstream:
-            request_document = ctx.request_document
-            response_document = None if stream else ctx.response_document
-            if request_document is None:
-                request = ctx.request_body
-            if response_document is None and not stream:
-                response = md.get("response_body", b"")
-            if request_document is not None or response_document is not None:
-                found = document_attributes(request_document, response_document, self.names, self.capture_content)
+            request = ctx.request_body
+            response = b"" if stream else md.get("response_body", b"")
+            if not self.defer_bodies:
+                request_document = ctx.request_document
+                response_document = None if stream else ctx.response_document
+                if request_document is not None:
+                    request = b""
+                if response_document is not None:
+                    response = b""
+                if request_document is not None or response_document is not None:
+                    found = document_attributes(request_document, response_document, self.names,
+                                                self.capture_content)
             if len(request) > MAX_DEFERRED_BODY or len(response) > MAX_DEFERRED_BODY:
                 found = {**(found or {}), **body_attributes(request, response, self.names, self.capture_content)}
                 request = response = b""
@@ -229,15 +243,6 @@ class Tracing:
                 m["cost_usd"], stream, first_chunk, request, response, found)
 
 
-    @staticmethod
-    def _auth_child(call: _Call, ctx: RequestContext, started: float, end: int) -> ChildRecord:
-        start = call.start + int((started - call.monotonic_start) * 1e9)
-        finished = ctx.auth_finished
-        auth_end = end if finished is None else call.start + int((finished - call.monotonic_start) * 1e9)
-        error = None if ctx.token_id is not None else ctx.error_code or "error"
-        return _AUTH, new_span_id(), start, max(auth_end, start), error, ()
-
-
 def build_tracing(settings: TracingSettings, upstream_url: str, exporter: SpanExporter[QueuedRecord] | None = None,
                   log_settings: LogSettings | None = None) -> Tracing | None:
     """The tracing of one worker, or None when it is off (no OTLP endpoint, or disabled).
@@ -247,14 +252,16 @@ def build_tracing(settings: TracingSettings, upstream_url: str, exporter: SpanEx
     """
     if exporter is None and not settings.enabled:
         return None
-    if exporter is None and settings.export_process:
+    in_child = exporter is None and settings.export_process
+    if in_child:
         from llm_proxy.telemetry.export_process import ProcessSpanExporter
 
         exporter = ProcessSpanExporter(settings, log_settings or LogSettings("info", "json", ""), upstream_url)
     elif exporter is None:
         exporter = build_otlp_exporter(settings, upstream_url)
     return Tracing(exporter, make_sampler(settings.sampler, settings.sampler_arg),
-                   names=semconv.names_for(settings.semconv_opt_in), capture_content=settings.capture_content)
+                   names=semconv.names_for(settings.semconv_opt_in), capture_content=settings.capture_content,
+                   defer_bodies=in_child)
 
 
 def build_otlp_exporter(settings: TracingSettings, upstream_url: str) -> OtlpHttpExporter[QueuedRecord]:
