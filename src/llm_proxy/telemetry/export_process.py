@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from llm_proxy.settings import LogSettings, TracingSettings
+from llm_proxy.telemetry.exporter import BatchingQueue
 
 log = logging.getLogger("llm_proxy.tracing")
 
@@ -52,7 +53,7 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(kind, len(payload)) + payload
 
 
-class ProcessSpanExporter:
+class ProcessSpanExporter(BatchingQueue[Any]):
     """A `SpanExporter` whose records are encoded and posted by a child process (see module doc).
 
     Counts, in the worker: `sent` (records written to the child) and `dropped` (queue full,
@@ -63,31 +64,13 @@ class ProcessSpanExporter:
                  max_queue: int = 4096, batch_size: int = 256, delay: float = 0.2) -> None:
         self.spec = orjson.dumps({"tracing": dataclasses.asdict(tracing), "log": dataclasses.asdict(log_settings),
                                   "upstream_url": upstream_url})
+        super().__init__(max_queue=max_queue, batch_size=batch_size, delay=delay)
         self.timeout = tracing.timeout
-        self.max_queue, self.batch_size, self.delay = max_queue, batch_size, delay
-        self.sent = self.dropped = 0
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._queue: list[Any] = []
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self.sent = 0
         self._child: asyncio.subprocess.Process | None = None
         self._started_at = -RESTART_INTERVAL
         self._flushes = 0
         self._warned = -_WARN_EVERY
-        self._closed = False
-
-    def submit(self, record: Any) -> None:
-        queue = self._queue
-        if len(queue) >= self.max_queue or self._closed:
-            self.dropped += 1
-            return
-        queue.append(record)
-        if self._task is None:
-            self.loop = asyncio.get_running_loop()
-            self._task = self.loop.create_task(self._run(), name="llm_proxy.tracing.export")
-        elif len(queue) >= self.batch_size:
-            self._wake.set()
 
     async def flush(self) -> None:
         """Hand over what is queued, then wait until the child exported everything it holds."""
@@ -105,11 +88,7 @@ class ProcessSpanExporter:
                         pass
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._stop_task()
         async with self._lock:
             await self._hand_over()
             await self._stop_child()
@@ -117,18 +96,8 @@ class ProcessSpanExporter:
             log.warning("tracing: spans lost: %d dropped in the worker (queue full or exporter process "
                         "unavailable) since start", self.dropped)
 
-    async def _run(self) -> None:
-        while True:
-            if len(self._queue) < self.batch_size:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.delay):
-                        await self._wake.wait()
-            try:
-                async with self._lock:
-                    await self._hand_over()
-            except Exception:  # a bug here must not stop tracing for the life of the worker
-                log.exception("tracing: handing spans to the exporter process failed")
+    async def _drain(self, whole: bool) -> None:
+        await self._hand_over()
 
     async def _hand_over(self) -> None:
         queue = self._queue

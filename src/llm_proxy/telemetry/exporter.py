@@ -50,30 +50,18 @@ class SpanExporter(Protocol[R_contra]):
         """Flush what is queued (bounded by the export timeout), then stop."""
 
 
-class OtlpHttpExporter(Generic[R]):
-    """Exports records as OTLP/HTTP protobuf; `encode` makes the encoded spans of one record.
+class BatchingQueue(Generic[R]):
+    """Records queued by `submit` (never waiting; dropped and counted when full) and drained in
+    batches by a background task: as soon as `batch_size` wait, or every `delay` seconds."""
 
-    Counts are of records (calls): `exported`, `dropped` (queue full), `failed` (not accepted).
-    """
-
-    def __init__(self, url: str, headers: dict[str, str], timeout: float, request: ExportRequest,
-                 encode: Callable[[R], bytes], *, max_queue: int = 4096, batch_size: int = 512,
-                 delay: float = 1.0) -> None:
-        self.url = url
-        self.headers = {**headers, "Content-Type": "application/x-protobuf"}
-        self.timeout = timeout
-        self.request = request
-        self.encode = encode
+    def __init__(self, *, max_queue: int, batch_size: int, delay: float) -> None:
         self.max_queue, self.batch_size, self.delay = max_queue, batch_size, delay
-        self.exported = self.dropped = self.failed = 0
+        self.dropped = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[R] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
-        self._warned = -_WARN_EVERY
-        self._reported = (0, 0)
         self._closed = False
 
     def submit(self, record: R) -> None:
@@ -88,32 +76,29 @@ class OtlpHttpExporter(Generic[R]):
         elif len(queue) >= self.batch_size:
             self._wake.set()
 
-    async def flush(self) -> None:
-        async with self._lock:
-            await self._export_queued(retry=True)
+    async def _drain(self, whole: bool) -> None:
+        """Send what waits (full batches only, unless `whole`); called with the lock held."""
+        raise NotImplementedError
 
-    async def aclose(self) -> None:
+    def _after_drain(self) -> None:
+        """Called by the task after each drain (to report losses, say)."""
+
+    async def _stop_task(self) -> None:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.timeout), self._lock:
-                await self._export_queued(retry=False)
-        if self._session is not None:
-            await self._session.close()
-        self._note_losses(" at shutdown")
 
     async def _run(self) -> None:
         while True:
             waited = await self._wait_for_batch()
             try:
                 async with self._lock:
-                    await self._export_queued(retry=True, whole=waited)
+                    await self._drain(waited)
             except Exception:  # a bug here must not stop tracing for the life of the worker
                 log.exception("tracing: span export failed")
-            self._note_losses("")
+            self._after_drain()
 
     async def _wait_for_batch(self) -> bool:
         """False as soon as a full batch waits; True when `delay` passed first (then everything goes)."""
@@ -126,6 +111,46 @@ class OtlpHttpExporter(Generic[R]):
         except TimeoutError:
             return True
         return False
+
+
+class OtlpHttpExporter(BatchingQueue[R]):
+    """Exports records as OTLP/HTTP protobuf; `encode` makes the encoded spans of one record.
+
+    Counts are of records (calls): `exported`, `dropped` (queue full), `failed` (not accepted).
+    """
+
+    def __init__(self, url: str, headers: dict[str, str], timeout: float, request: ExportRequest,
+                 encode: Callable[[R], bytes], *, max_queue: int = 4096, batch_size: int = 512,
+                 delay: float = 1.0) -> None:
+        super().__init__(max_queue=max_queue, batch_size=batch_size, delay=delay)
+        self.url = url
+        self.headers = {**headers, "Content-Type": "application/x-protobuf"}
+        self.timeout = timeout
+        self.request = request
+        self.encode = encode
+        self.exported = self.failed = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._warned = -_WARN_EVERY
+        self._reported = (0, 0)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await self._export_queued(retry=True)
+
+    async def aclose(self) -> None:
+        await self._stop_task()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout), self._lock:
+                await self._export_queued(retry=False)
+        if self._session is not None:
+            await self._session.close()
+        self._note_losses(" at shutdown")
+
+    async def _drain(self, whole: bool) -> None:
+        await self._export_queued(retry=True, whole=whole)
+
+    def _after_drain(self) -> None:
+        self._note_losses("")
 
     async def _export_queued(self, *, retry: bool, whole: bool = True) -> None:
         """Full batches only, unless `whole`: under load, what arrives meanwhile waits for its own batch."""
