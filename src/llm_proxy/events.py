@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from llm_proxy.clock import uuid7
+from llm_proxy.clock import uuid7_str
 
 SCHEMA_VERSION = 1
 
@@ -48,7 +48,7 @@ class EventDecodeError(ValueError):
 
 
 def new_event_id() -> str:
-    return str(uuid7())
+    return uuid7_str()
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from typing import Any
 import orjson
 
 from llm_proxy.audit.recorder import AuditRecorder
+from llm_proxy.clock import uuid4_str
 from llm_proxy.context import RequestContext
 from llm_proxy.errors import ProxyError
 from llm_proxy.proxy import headers as hdr
@@ -278,7 +278,7 @@ def _parse_json(body: bytes) -> Any:
 def _request_id(given: bytes | None) -> str:
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given.decode()
-    return str(uuid.uuid4())
+    return uuid4_str()
 
 
 def _user_id(grant: Grant, headers: dict[bytes, bytes]) -> str | None:
