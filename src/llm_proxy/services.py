@@ -20,8 +20,9 @@ from llm_proxy.clock import Clock, SystemClock
 from llm_proxy.proxy.breaker import CircuitBreaker
 from llm_proxy.proxy.caching import ResponseCaching
 from llm_proxy.proxy.endpoint import ProxyEndpoint, ProxyOptions
+from llm_proxy.proxy.http1 import Http1Upstream
 from llm_proxy.proxy.providers import ProviderConfig, load_providers
-from llm_proxy.proxy.upstream import AiohttpUpstream
+from llm_proxy.proxy.upstream import AiohttpUpstream, Upstream
 from llm_proxy.proxy.validation import RequestValidator
 from llm_proxy.settings import Settings
 from llm_proxy.storage import Storage
@@ -179,7 +180,8 @@ async def _build_proxy(  # noqa: PLR0913 - one argument per service the endpoint
         stack: AsyncExitStack, telemetry: Telemetry, tracing: Tracing | None, caching: ResponseCaching | None, *,
         budget: BudgetGuard | None = None, prices: PriceTable | None = None) -> ProxyEndpoint:
     provider = providers.active
-    upstream = AiohttpUpstream(provider)
+    upstream: Upstream = (Http1Upstream(provider) if settings.server.upstream_client == "native"
+                          else AiohttpUpstream(provider))
     stack.push_async_callback(upstream.aclose)
     return ProxyEndpoint(
         provider=provider,

@@ -14,6 +14,7 @@ CLIENT_IP_HEADERS = frozenset({
 
 DROP_UPSTREAM = HOP_BY_HOP | CLIENT_IP_HEADERS | {
     b"host", b"content-length", b"authorization", b"x-request-id", b"cookie", b"x-llm-proxy-user",
+    b"expect",  # the proxy sends head and body at once (uvicorn answered the client's 100-continue)
 }
 
 DROP_UPSTREAM_TRACED = DROP_UPSTREAM | {b"traceparent", b"tracestate"}

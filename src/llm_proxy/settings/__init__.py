@@ -100,6 +100,7 @@ class ServerSettings:
     pid_file: str
     trusted_proxy_headers: bool
     workers: int
+    upstream_client: str
 
 
 SERVER_VARS: tuple[Var, ...] = (
@@ -131,6 +132,8 @@ SERVER_VARS: tuple[Var, ...] = (
     Var("TRUST_PROXY_HEADERS", "trusted_proxy_headers", parse_bool, False,
         "Take the client IP from X-Forwarded-For/X-Real-IP (only behind a trusted load balancer)."),
     Var("WORKERS", "workers", parse_positive_int, 1, "Number of server worker processes."),
+    Var("LLM_PROXY_UPSTREAM_CLIENT", "upstream_client", parse_choice("native", "aiohttp"), "native",
+        "HTTP client for upstream calls: `native` (pooled HTTP/1.1 on httptools, cheaper per call) or `aiohttp`."),
 )
 
 
