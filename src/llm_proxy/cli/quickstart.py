@@ -116,6 +116,7 @@ Try it:
     -H "Authorization: Bearer {token}" -H "Content-Type: application/json" \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
+  # with the official SDK (pip install openai):
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{token}'); \\
 print(c.chat.completions.create(model='gpt-4o-mini', \\
 messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)"
