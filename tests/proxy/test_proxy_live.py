@@ -34,6 +34,12 @@ async def post_chat(proxy: LiveProxy, token: str, body: dict[str, Any] | None = 
 
 
 class TestForwarding:
+    @pytest.fixture(params=["native", "aiohttp"])
+    async def proxy(self, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+        """Both upstream clients (LLM_PROXY_UPSTREAM_CLIENT) forward alike."""
+        async with running_proxy(tmp_path, {"LLM_PROXY_UPSTREAM_CLIENT": request.param}) as live:
+            yield live
+
     async def test_chat_completion_is_forwarded_with_the_project_key(self, proxy: LiveProxy) -> None:
         _, token = await proxy.project_token()
         status, headers, payload = await post_chat(proxy, token, headers={

@@ -47,7 +47,7 @@ class _AiohttpResponse:
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
-        self.headers = list(resp.raw_headers)
+        self.headers = [(name.lower(), value) for name, value in resp.raw_headers]
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
