@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 import pytest
@@ -41,12 +43,25 @@ class TestFileEventLog:
         assert len(await dispatcher.receive(100, block=0)) == 25
         assert log.written == 25
 
-    async def test_lines_are_appended_across_restarts_and_acked_after_fsync(
+    async def test_lines_are_appended_across_restarts_and_acked(
             self, tmp_path: Path) -> None:
         path = tmp_path / "events.jsonl"
         for run in range(2):
             await log_one_event(path, run)
         assert logged_ids(path) == ["req-0", "req-1"]
+
+    async def test_a_sustained_stream_above_the_tap_capacity_per_fsync_interval_loses_nothing(
+            self, tmp_path: Path) -> None:
+        bus = MemoryBus(100)  # the tap holds 100 events; 0.2 s between fsyncs holds far more than that
+        log = FileEventLog.attach(bus, tmp_path / "events.jsonl")
+        await log.start()
+        for i in range(3000):
+            bus.publish(make_event(i))
+            if i % 50 == 49:
+                await asyncio.sleep(0.001)  # a busy server: the log runs between requests
+        await log.aclose()
+        assert bus.stats().dropped == 0
+        assert logged_ids(tmp_path / "events.jsonl") == [f"req-{i}" for i in range(3000)]
 
     async def test_an_unwritable_path_fails_at_start(self, tmp_path: Path) -> None:
         (tmp_path / "file").write_text("")
