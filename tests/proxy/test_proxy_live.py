@@ -208,3 +208,16 @@ class TestUpstreamFailures:
             async with proxy.http.get(f"{proxy.url}{path}") as resp:
                 assert resp.status == 200
                 assert (await resp.json())[field] == value
+
+
+async def test_the_breaker_s_threshold_and_cooldown_are_settings(tmp_path: Path) -> None:
+    async with running_proxy(tmp_path, {"CIRCUIT_BREAKER_THRESHOLD": "2", "CIRCUIT_BREAKER_COOLDOWN": "300ms"}) as live:
+        _, token = await live.project_token()
+        failing = {"X-Mock-Status": "503"}
+        assert [(await post_chat(live, token, headers=failing))[0] for _ in range(3)] == [503, 503, 503]
+        status, headers, payload = await post_chat(live, token)
+        assert (status, payload["error"]["code"]) == (503, "upstream_unavailable")  # open: not forwarded
+        assert headers["Retry-After"] == "1"
+        await asyncio.sleep(0.35)
+        assert (await post_chat(live, token))[0] == 200  # the probe succeeded: closed again
+        assert (await post_chat(live, token))[0] == 200

@@ -101,6 +101,8 @@ class ServerSettings:
     trusted_proxy_headers: bool
     workers: int
     upstream_client: str
+    breaker_threshold: int
+    breaker_cooldown: float
 
 
 SERVER_VARS: tuple[Var, ...] = (
@@ -134,6 +136,10 @@ SERVER_VARS: tuple[Var, ...] = (
     Var("WORKERS", "workers", parse_positive_int, 1, "Number of server worker processes."),
     Var("LLM_PROXY_UPSTREAM_CLIENT", "upstream_client", parse_choice("native", "aiohttp"), "native",
         "HTTP client for upstream calls: `native` (pooled HTTP/1.1 on httptools, cheaper per call) or `aiohttp`."),
+    Var("CIRCUIT_BREAKER_THRESHOLD", "breaker_threshold", parse_positive_int, 5,
+        "Consecutive upstream failures (transport errors, 502/503/504) that open the circuit breaker."),
+    Var("CIRCUIT_BREAKER_COOLDOWN", "breaker_cooldown", parse_duration, 30.0,
+        "How long the open breaker answers 503 before one probe call is let through."),
 )
 
 
