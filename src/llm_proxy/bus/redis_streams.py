@@ -34,6 +34,7 @@ from llm_proxy.bus.lograte import RateLimitedLog
 from llm_proxy.bus.memory import MemoryBus, MemorySubscription
 from llm_proxy.bus.redis_consumer import RedisSubscription
 from llm_proxy.bus.spool import Spool
+from llm_proxy.bus.wal import WriteAheadLog
 from llm_proxy.events import Event, encode_event
 from llm_proxy.settings import ObservabilitySettings, RedisSettings
 
@@ -57,7 +58,11 @@ class RedisStreamsBus:
         self.reconnect_delay = reconnect_delay
         self.reconnect_max_delay = reconnect_max_delay
         self.shutdown_timeout = shutdown_timeout
-        self._queue: deque[Event] = deque()
+        self._queue: deque[bytes] = deque()
+        """Encoded events, each also in the write-ahead log until committed."""
+        self.wal = WriteAheadLog(logger=self.logger)
+        self._wal_deferred = 0
+        """Events spooled on overflow while an older batch was in flight: committed with that batch."""
         self._inflight: list[bytes] = []
         self._local = MemoryBus(buffer_size)
         self._subscriptions: list[RedisSubscription] = []
@@ -87,18 +92,24 @@ class RedisStreamsBus:
             self._local.publish(event)
         if self._closed:
             self._drop(1, "the bus is closed")
-        elif len(self._queue) < self.buffer_size:
-            self._queue.append(event)
-            if not self._wake.is_set():
-                self._wake.set()
         else:
-            self._overflow(event)
+            payload = encode_event(event)
+            self.wal.append(payload)
+            if len(self._queue) < self.buffer_size:
+                self._queue.append(payload)
+                if not self._wake.is_set():
+                    self._wake.set()
+            else:
+                self._overflow(payload)
 
-    def _overflow(self, event: Event) -> None:
-        payloads = [encode_event(queued) for queued in self._queue]
-        payloads.append(encode_event(event))
+    def _overflow(self, payload: bytes) -> None:
+        payloads = [*self._queue, payload]
         self._queue.clear()
         self._to_spool(payloads)
+        if self._inflight:  # older than these and not in Redis yet: commit them all together later
+            self._wal_deferred += len(payloads)
+        else:
+            self.wal.commit(len(payloads))
         self._wake.set()
 
     def _to_spool(self, payloads: list[bytes]) -> None:
@@ -155,6 +166,10 @@ class RedisStreamsBus:
     async def start(self) -> None:
         """Open the spool and start the writer; never fails because Redis is down."""
         self.spool.open()
+        left = self.wal.open(self.spool.directory)
+        if left:
+            self._to_spool(left)
+            await self._sync_spool()
         self._client = make_client(self.settings.connection_url(), socket_timeout=5.0)
         self._task = asyncio.create_task(self._run(), name="redis-streams-writer")
 
@@ -178,6 +193,7 @@ class RedisStreamsBus:
             await self.spool.aclose()
         except OSError as exc:
             self.logger.warning("event bus: closing the spool failed: %s", exc)
+        self.wal.close()
         await self._local.aclose()
         for subscription in self._subscriptions:
             await subscription.aclose()
@@ -233,10 +249,11 @@ class RedisStreamsBus:
     async def _write_queue(self) -> None:
         if not self._inflight:  # else: retry the batch whose XADD failed
             count = min(len(self._queue), self.settings.batch_size)
-            self._inflight = [encode_event(self._queue.popleft()) for _ in range(count)]
+            self._inflight = [self._queue.popleft() for _ in range(count)]
         await self._xadd(self._inflight)
         self._written += len(self._inflight)
-        self._inflight = []
+        self.wal.commit(len(self._inflight) + self._wal_deferred)
+        self._inflight, self._wal_deferred = [], 0
 
     async def _xadd(self, payloads: list[bytes]) -> None:
         assert self._client is not None
@@ -249,11 +266,13 @@ class RedisStreamsBus:
 
     def _spool_queue(self) -> None:
         """Move the in-flight batch and the queue, in that order, to the spool."""
-        payloads = self._inflight + [encode_event(event) for event in self._queue]
-        self._inflight = []
+        payloads = [*self._inflight, *self._queue]
+        committed = len(payloads) + self._wal_deferred
+        self._inflight, self._wal_deferred = [], 0
         self._queue.clear()
         if payloads:
             self._to_spool(payloads)
+        self.wal.commit(committed)
 
     async def _sync_spool(self) -> None:
         try:

@@ -32,9 +32,9 @@ _NAME = re.compile(r"^seg-(\d{12})\.spool$")
 _MAX_SLOTS = 1024
 
 
-def read_frames(path: Path, logger: logging.Logger | None = None) -> list[bytes]:
+def read_frames(path: Path, logger: logging.Logger | None = None, *, start: int = 0) -> list[bytes]:
     data = path.read_bytes()
-    frames, offset = [], 0
+    frames, offset = [], start
     while offset + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, offset)
         start, end = offset + _HEADER.size, offset + _HEADER.size + length
