@@ -56,10 +56,12 @@ def require_redis_server() -> None:
 class PrivateRedis:
     """A redis-server of this test only, on a free loopback port, that can be stopped."""
 
-    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False, options: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.directory = directory
         self.persistent = persistent
+        self.options = options
+        """More redis-server arguments, e.g. `("--rename-command", "EVAL", "")`."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +72,7 @@ class PrivateRedis:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-             "--dir", str(self.directory)],
+             "--dir", str(self.directory), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:

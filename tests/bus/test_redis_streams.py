@@ -17,7 +17,7 @@ from llm_proxy.bus.spool import Spool
 from llm_proxy.events import decode_event, encode_event, sanitize_headers
 from llm_proxy.settings import RedisSettings
 from tests.bus.conftest import BusFactory, eventually, make_event, redis_settings_for
-from tests.services import PrivateRedis, free_port
+from tests.services import PrivateRedis, free_port, require_redis_server
 
 VICTIM = """
 import asyncio, sys
@@ -266,6 +266,28 @@ class TestRedisOutage:
             await client.aclose()
         assert bus.ready().ok
         assert bus.stats().dropped == 0
+
+    async def test_a_redis_without_scripting_gets_pipelined_xadds(
+            self, make_bus: BusFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        require_redis_server()
+        server = PrivateRedis(tmp_path, options=("--rename-command", "EVALSHA", "", "--rename-command", "EVAL", ""))
+        server.start()
+        try:
+            settings = redis_settings_for(server.url)
+            bus = make_bus(settings)
+            await bus.start()
+            for i in range(12):
+                bus.publish(make_event(i))
+                await asyncio.sleep(0.01)
+            await eventually(lambda: bus.stats().written == 12)
+            client = Redis.from_url(server.url)
+            try:
+                assert await stream_events(client, settings.stream_key) == [f"req-{i}" for i in range(12)]
+            finally:
+                await client.aclose()
+            assert "refused the batch script" in caplog.text
+        finally:
+            server.stop()
 
     async def test_failing_writes_go_to_the_spool_until_redis_accepts_them(
             self, redis_settings: RedisSettings, raw_redis: Redis, make_bus: BusFactory) -> None:
