@@ -9,6 +9,11 @@ the client left) usage and cost are worked out once; the event goes to the bus (
 blocks or raises) and the same numbers go to `llm_proxy.proxy.request.stop` (or `.exception`)
 for the metrics and tracing handlers. Cache hits publish no event but do emit the stop.
 
+The last body message (`more_body` false: for a non-streamed answer, the whole body) is held
+until the event is published: a client that has the whole answer knows its event exists, even if
+the process is killed the next moment (the Redis bus's write-ahead log has it). It costs that
+message the ~15 µs of building the event.
+
 The timing headers are measured when the response starts: Upstream-Ms is the time from sending
 the upstream request to receiving its headers (its whole body when the endpoint read the body
 first, to price it), Overhead-Ms the rest of the time up to then.
@@ -106,9 +111,14 @@ class InstrumentationMiddleware:
                                    {"method": scope["method"], "path": scope["path"], "headers": scope["headers"],
                                     "context": ctx})
 
+        last: list[dict[str, Any]] = []
+
         async def send_and_capture(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.body":
-                await send(message)
+                if message.get("more_body", False):
+                    await send(message)
+                else:
+                    last.append(message)
                 chunk = message.get("body", b"")
                 if chunk and capture.first_chunk is None:
                     capture.first_chunk = time.monotonic()
@@ -136,6 +146,8 @@ class InstrumentationMiddleware:
             ticket = scope.get(TICKET_KEY)
             if ticket is not None:  # the budget guard admitted this call: hand it the cost
                 ticket.settle(spent)
+        if last:
+            await send(last[0])
 
     def _finish(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture,
                 failure: BaseException | None) -> float | None:
