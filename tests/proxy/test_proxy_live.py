@@ -221,3 +221,22 @@ async def test_the_breaker_s_threshold_and_cooldown_are_settings(tmp_path: Path)
         await asyncio.sleep(0.35)
         assert (await post_chat(live, token))[0] == 200  # the probe succeeded: closed again
         assert (await post_chat(live, token))[0] == 200
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"FOO /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+])
+async def test_requests_that_are_not_valid_http_get_the_json_error_envelope(
+        proxy: LiveProxy, request_bytes: bytes) -> None:
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request_bytes)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http_request")
+    assert error["message"]

@@ -16,6 +16,7 @@ import uvicorn
 from llm_proxy.app import create_app
 from llm_proxy.cli.options import build_environment, ensure_port_free, settings_or_exit
 from llm_proxy.errors import ConfigError
+from llm_proxy.http_protocol import JsonErrorHttpToolsProtocol
 from llm_proxy.proxy.providers import load_providers
 from llm_proxy.settings import Settings, export_environment, split_listen_addr
 from llm_proxy.telemetry.logs import configure_logging
@@ -25,7 +26,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     host, port = split_listen_addr(settings.server.listen_addr)
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", access_log=False, log_config=None,
-        http="httptools", loop="uvloop", timeout_keep_alive=75,
+        http=JsonErrorHttpToolsProtocol, loop="uvloop", timeout_keep_alive=75,
         timeout_graceful_shutdown=int(settings.server.shutdown_timeout) or None,
         server_header=False, date_header=True, proxy_headers=False,
     )
@@ -89,7 +90,7 @@ def run_server(settings: Settings) -> None:
         host, port = split_listen_addr(settings.server.listen_addr)
         uvicorn.run("llm_proxy.app:create_app_from_environment", factory=True, host=host, port=port,
                     workers=settings.server.workers, lifespan="on", access_log=False, log_config=None,
-                    http="httptools", loop="uvloop", timeout_keep_alive=75, server_header=False,
+                    http=JsonErrorHttpToolsProtocol, loop="uvloop", timeout_keep_alive=75, server_header=False,
                     proxy_headers=False,
                     timeout_graceful_shutdown=int(settings.server.shutdown_timeout) or None)
         return

@@ -19,8 +19,10 @@ Projects, tokens and the audit trail of llm-proxy.
 
 Every request needs `Authorization: Bearer <MANAGEMENT_TOKEN>`. Errors are always
 `{"error": "<message>"}` (sometimes with `code`) and `Content-Type: application/json`.
-Every response carries `X-Request-ID`. List endpoints return a JSON array and put the paging in
-the `X-Total-Count`, `X-Page` and `X-Page-Size` headers (`page` from 1, `page_size` up to 500).
+Every response carries `X-Request-ID`. The project and token lists return a JSON array and put
+the paging in the `X-Total-Count`, `X-Page` and `X-Page-Size` headers (`page` from 1, `page_size`
+up to 500); the audit trail (`/manage/audit`) returns an object with `events` and `pagination`
+(`page_size` up to 100).
 """
 
 

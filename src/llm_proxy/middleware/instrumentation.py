@@ -64,8 +64,16 @@ class _Capture:
         self.tail = b""
         """The last bytes of a body longer than `limit`: a stream's usage is in its last frames."""
 
-    def keep_tail(self, chunk: bytes) -> None:
-        self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+    def add(self, chunk: bytes) -> None:
+        """A body chunk that went (or is about to go) to the client."""
+        if chunk and self.first_chunk is None:
+            self.first_chunk = time.monotonic()
+        self.size += len(chunk)
+        room = self.limit - len(self.body)
+        if room > 0 and chunk:
+            self.body += chunk[:room]
+        if self.size > self.limit:
+            self.tail = (self.tail + chunk)[-TAIL_BYTES:]
 
     def usage(self) -> dict[str, int] | None:
         encoded = self.content_encoding is not None
@@ -119,15 +127,7 @@ class InstrumentationMiddleware:
                     await send(message)
                 else:
                     last.append(message)
-                chunk = message.get("body", b"")
-                if chunk and capture.first_chunk is None:
-                    capture.first_chunk = time.monotonic()
-                capture.size += len(chunk)
-                room = capture.limit - len(capture.body)
-                if room > 0 and chunk:
-                    capture.body += chunk[:room]
-                if capture.size > capture.limit:
-                    capture.keep_tail(chunk)
+                capture.add(message.get("body", b""))
             elif message["type"] == "http.response.start":
                 capture.status = message["status"]
                 capture.note_headers(message.get("headers", []))
