@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_proxy.telemetry import Telemetry
+from llm_proxy.telemetry.collector import _lag_probe
 from llm_proxy.telemetry.exposition import aggregate, render_json, render_prometheus
 from llm_proxy.telemetry.metrics import RequestMetrics, RuntimeMetrics
 from llm_proxy.telemetry.store import ValueStore, read_directory, read_store, remove_stale
@@ -143,3 +146,14 @@ class TestWorkerTotals:
             store.values[slot] += 1.0
         assert render_json(aggregate(read_directory(tmp_path, "m")))["request_count"] == 5000
         store.close()
+
+
+async def test_the_loop_lag_probe_sees_a_stall_of_the_event_loop() -> None:
+    lags: list[float] = []
+    probe = asyncio.create_task(_lag_probe(lags.append))
+    await asyncio.sleep(0.15)
+    time.sleep(0.3)  # noqa: ASYNC251 - the point: code holding the loop
+    await asyncio.sleep(0.25)
+    probe.cancel()
+    assert max(lags) >= 0.2
+    assert sorted(lags)[len(lags) // 2] < 0.05  # otherwise it runs on time

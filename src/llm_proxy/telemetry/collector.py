@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from llm_proxy.settings import MetricsSettings
 from llm_proxy.telemetry.events import Telemetry
 from llm_proxy.telemetry.exposition import MetricsEndpoints, Totals, aggregate
-from llm_proxy.telemetry.metrics import BusStatsSource, RequestMetrics, RuntimeMetrics
+from llm_proxy.telemetry.metrics import LAG_INTERVAL, BusStatsSource, RequestMetrics, RuntimeMetrics
 from llm_proxy.telemetry.store import ValueStore, default_directory, master_identity, read_store, remove_stale
 
 log = logging.getLogger("llm_proxy.metrics")
@@ -34,11 +35,14 @@ class MetricsCollector:
         self.runtime = RuntimeMetrics(self.store, telemetry, bus_stats)
         self._handler_id = f"llm_proxy.metrics.{id(self):x}"
         self._task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.requests.attach(self.telemetry, self._handler_id)
         self.runtime.refresh()
-        self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="metrics-refresh")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._refresh_loop(), name="metrics-refresh")
+        self._lag_task = loop.create_task(self._lag_loop(), name="metrics-loop-lag")
 
     def collect(self) -> Totals:
         self.runtime.refresh()
@@ -48,14 +52,18 @@ class MetricsCollector:
         return MetricsEndpoints(self.settings.path, self.settings.token, self.collect, self.settings.project_labels)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.telemetry.detach(f"{self._handler_id}.request")
         self.telemetry.detach(f"{self._handler_id}.evicted")
         self.runtime.refresh()
         self.store.close()
+
+    async def _lag_loop(self) -> None:
+        await _lag_probe(self.runtime.observe_lag)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -64,6 +72,15 @@ class MetricsCollector:
                 self.runtime.refresh()
             except Exception:  # a failed reading must not stop the next ones
                 log.exception("could not refresh the runtime metrics")
+
+
+async def _lag_probe(observe_lag: Callable[[float], None]) -> None:
+    """Sleep `LAG_INTERVAL` again and again; how much later than asked each wake-up came is the lag."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + LAG_INTERVAL
+        await asyncio.sleep(LAG_INTERVAL)
+        observe_lag(loop.time() - asked)
 
 
 def _open_store(settings: MetricsSettings, workers: int) -> ValueStore:

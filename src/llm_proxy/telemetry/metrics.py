@@ -30,6 +30,9 @@ DURATION_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56,
                     81.92)
 """The GenAI semantic conventions' duration advice, plus 5 ms at the bottom."""
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_INTERVAL = 0.1
+"""Seconds between two lag probes of the event loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,9 @@ TASKS = _g("llm_proxy_asyncio_tasks", "asyncio tasks of all live workers (in-fli
 GC_COLLECTIONS = _c("llm_proxy_python_gc_collections_total", "Garbage collector runs.", "generation")
 GC_COLLECTED = _c("llm_proxy_python_gc_objects_collected_total", "Objects freed by the garbage collector.",
                   "generation")
+LOOP_LAG = _h("llm_proxy_event_loop_lag_seconds", f"How late each worker's event loop ran a timer due every "
+              f"{LAG_INTERVAL:g} s: the time other work held the loop (a stall delays every call in flight).",
+              LAG_BUCKETS)
 PYTHON_INFO = _g("llm_proxy_python_info", "Python of the workers (always 1).", "implementation", "version",
                  live="max")
 
@@ -107,7 +113,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     UPTIME, REQUESTS, ERRORS, CACHE_HITS, CACHE_MISSES, CACHE_BYPASS, CACHE_STORES, CACHE_EVICTIONS,
     REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, TTFT, TOKENS, COST, UNPRICED, AUTH_REJECTIONS, RATE_LIMITED,
     BUS_PUBLISHED, BUS_DROPPED, BUS_SPOOLED, BUS_DEPTH, WORKERS, START_TIME, RESIDENT, VIRTUAL, CPU, OPEN_FDS,
-    THREADS, TASKS, GC_COLLECTIONS, GC_COLLECTED, PYTHON_INFO,
+    THREADS, TASKS, GC_COLLECTIONS, GC_COLLECTED, LOOP_LAG, PYTHON_INFO,
 )
 TOKEN_TYPES = ("input", "output", "cached", "reasoning")
 
@@ -264,6 +270,10 @@ class RuntimeMetrics:
         store.values[self._slots[START_TIME.name]] = self.started
         store.values[self._slots[WORKERS.name]] = 1.0
         self._bus_seen = {"published": 0, "dropped": 0, "spooled": 0}
+        self._lag = slot(LOOP_LAG.name, (), LOOP_LAG.width)
+
+    def observe_lag(self, seconds: float) -> None:
+        observe(self.store.values, self._lag, LAG_BUCKETS, max(seconds, 0.0))
 
     def refresh(self) -> None:
         values, slots = self.store.values, self._slots
