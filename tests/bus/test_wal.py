@@ -61,7 +61,7 @@ def test_a_frame_torn_by_the_kill_ends_the_recovery(tmp_path: Path) -> None:
     assert opened(tmp_path)[1] == [b"whole"]
 
 
-def test_a_failing_disk_turns_the_log_off_but_not_the_bus(tmp_path: Path) -> None:
+def test_a_failing_disk_turns_the_log_off_without_raising(tmp_path: Path) -> None:
     wal, _ = opened(tmp_path)
     wal.append(b"kept")
     os.close(wal._fd)  # a descriptor that no longer writes, as a full or broken disk would

@@ -100,8 +100,7 @@ class WriteAheadLog:
             seq, offset = self._seq, self._size
         try:
             os.pwrite(self._pos_fd, _POSITION.pack(seq, offset), 0)
-            for done in range(self._front[0], seq):  # segments now fully committed
-                self._segment_path(done).unlink(missing_ok=True)
+            self._delete_segments(self._front[0], seq)
         except OSError as exc:
             self._break(f"commit failed: {exc}")
             return
@@ -124,8 +123,12 @@ class WriteAheadLog:
             old, self._front = self._front[0], (self._seq, 0)
             assert self._pos_fd is not None
             os.pwrite(self._pos_fd, _POSITION.pack(self._seq, 0), 0)
-            for done in range(old, self._seq):
-                self._segment_path(done).unlink(missing_ok=True)
+            self._delete_segments(old, self._seq)
+
+    def _delete_segments(self, first: int, end: int) -> None:
+        """Segments `first` to `end` (excluded): every event in them is committed."""
+        for seq in range(first, end):
+            self._segment_path(seq).unlink(missing_ok=True)
 
     def _segment_path(self, seq: int) -> Path:
         assert self.directory is not None

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from llm_proxy.bus.lograte import RateLimitedLog
 from llm_proxy.settings import LogSettings, TracingSettings
 from llm_proxy.telemetry.exporter import BatchingQueue
 
@@ -46,7 +47,6 @@ MAX_BACKLOG_BYTES = 8 * 1024 * 1024
 """Bytes written to the child and not yet read by it, above which batches are dropped."""
 _HEADER = struct.Struct(">cI")
 _SPEC, _RECORDS, _FLUSH = b"S", b"R", b"F"
-_WARN_EVERY = 60.0
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -70,7 +70,7 @@ class ProcessSpanExporter(BatchingQueue[Any]):
         self._child: asyncio.subprocess.Process | None = None
         self._started_at = -RESTART_INTERVAL
         self._flushes = 0
-        self._warned = -_WARN_EVERY
+        self._problems = RateLimitedLog(log, interval=60.0)
 
     async def flush(self) -> None:
         """Hand over what is queued, then wait until the child exported everything it holds."""
@@ -166,10 +166,7 @@ class ProcessSpanExporter(BatchingQueue[Any]):
         self._warn(f"{count} spans dropped: {why}")
 
     def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._warned >= _WARN_EVERY:
-            self._warned = now
-            log.warning("tracing: %s (%d dropped since start)", message, self.dropped)
+        self._problems.warning("tracing: %s (%d dropped since start)", message, self.dropped)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
