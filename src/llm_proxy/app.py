@@ -89,7 +89,8 @@ class LlmProxyApp:
             app = InstrumentationMiddleware(app, bus=services.bus if observed else None,
                                             settings=self.settings.observability, telemetry=services.telemetry,
                                             prices=services.prices,
-                                            trace_start=services.tracing.start if services.tracing else None)
+                                            trace_start=services.tracing.start if services.tracing else None,
+                                            trace_end=services.tracing.end if services.tracing else None)
         return app
 
     async def _lifespan(self, receive: Any, send: Any) -> None:

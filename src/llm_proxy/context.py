@@ -45,3 +45,5 @@ class RequestContext:
     upstream_error: bool = False
     usage: dict[str, Any] | None = None
     trace_id: str | None = None
+    trace: tuple[bytes, bytes, str, bool, list[Any]] | None = None
+    """With tracing on: the call's ids and trace context (see `telemetry.tracing.CallTrace`)."""

@@ -37,11 +37,12 @@ def _exporter(tmp_path: Path, env: dict[str, str]) -> ProcessSpanExporter:
 
 
 def _records(count: int, first: int = 1) -> list[tuple[Any, ...]]:
-    return [tuple(_record()._replace(trace_id=first + i)) for i in range(count)]
+    ids = _record().ids
+    return [tuple(_record()._replace(ids=(first + i).to_bytes(16, "big") + ids[16:])) for i in range(count)]
 
 
 def _traces(records: list[tuple[Any, ...]]) -> Counter[str]:
-    return Counter({f"{record[0]:032x}": SPANS_PER_RECORD for record in records})
+    return Counter({record[0][:16].hex(): SPANS_PER_RECORD for record in records})
 
 
 def _received(receiver: Receiver) -> Counter[str]:

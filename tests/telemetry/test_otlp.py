@@ -44,7 +44,7 @@ class TestTraceContext:
     def test_a_valid_traceparent_and_a_future_version(self) -> None:
         parent = parse_parent(f"00-{TRACE}-{PARENT}-01", "b=2, a=1")
         assert parent is not None
-        assert (f"{parent.trace_id:032x}", f"{parent.span_id:016x}", parent.sampled) == (TRACE, PARENT, True)
+        assert (parent.trace_id.hex(), parent.span_id.hex(), parent.sampled) == (TRACE, PARENT, True)
         assert parent.trace_state == "b=2,a=1"
         future = parse_parent(f"01-{TRACE}-{PARENT}-00-whatever")
         assert future is not None
@@ -59,20 +59,27 @@ class TestTraceContext:
     def test_samplers(self) -> None:
         parent = parse_parent(f"00-{TRACE}-{PARENT}-00")
         low, high = 1 << 64, (1 << 64) - 1  # the ratio sampler looks at the low 64 bits only
+        low, high = low.to_bytes(16, "big"), high.to_bytes(16, "big")
+        one = (1).to_bytes(16, "big")
         assert make_sampler("always_on", 1.0)(parent, high)
-        assert not make_sampler("always_off", 1.0)(None, 1)
+        assert not make_sampler("always_off", 1.0)(None, one)
         assert make_sampler("traceidratio", 0.5)(None, low)
         assert not make_sampler("traceidratio", 0.5)(None, high)
-        assert not make_sampler("parentbased_always_on", 1.0)(parent, 1)
-        assert make_sampler("parentbased_always_off", 1.0)(parse_parent(f"00-{TRACE}-{PARENT}-01"), 1)
-        assert not make_sampler("parentbased_traceidratio", 0.0)(None, 1)
+        assert not make_sampler("parentbased_always_on", 1.0)(parent, one)
+        assert make_sampler("parentbased_always_off", 1.0)(parse_parent(f"00-{TRACE}-{PARENT}-01"), one)
+        assert not make_sampler("parentbased_traceidratio", 0.0)(None, one)
 
 
-def _record(status: int = 200, *, parent: int = 0, trace_state: str = "", error_code: str | None = None) -> CallRecord:
-    return CallRecord(int(TRACE, 16), 0xA1, parent, parent != 0, trace_state, "POST", "/v1/chat/completions",
-                      1_000, 9_000, (("llm_proxy.auth", 0xB2, 2_000, 3_000, "invalid_token", ()),),
-                      (0xC3, 4_000, 8_000, "openai", "gpt-4o"), status, "req-1", "p1", "t1", None, error_code,
-                      (10, 4, 2, 1), 0.25, False, None, REQUEST, RESPONSE, None)
+IDS = bytes.fromhex(TRACE) + (0xA1).to_bytes(8, "big") + (0xC3).to_bytes(8, "big") + (0xB2).to_bytes(8, "big")
+"""The trace id, then the server, client and auth span ids."""
+
+
+def _record(status: int = 200, *, parent: str = "", trace_state: str = "", error_code: str | None = None,
+            first_chunk: float | None = None) -> CallRecord:
+    return CallRecord(IDS, bytes.fromhex(parent), trace_state, "POST", "/v1/chat/completions", 1_000, 9_000,
+                      (2_000, 3_000, "invalid_token"), (4_000, 8_000, "openai", "gpt-4o", first_chunk), (),
+                      status, "req-1", "p1", "t1", None, error_code, (10, 4, 2, 1), 0.25, first_chunk is not None,
+                      REQUEST, RESPONSE, None)
 
 
 def _encode(record: CallRecord, names: semconv.GenAiNames = semconv.V1_41, capture: bool = False) -> list[Any]:
@@ -82,12 +89,15 @@ def _encode(record: CallRecord, names: semconv.GenAiNames = semconv.V1_41, captu
 
 class TestEncoding:
     def test_a_call_record_decodes_as_its_three_spans(self) -> None:
-        server, auth, client = _encode(_record(parent=int(PARENT, 16), trace_state="v=1"))
+        server, auth, client = _encode(_record(parent=PARENT, trace_state="v=1"))
         assert server.resource == {"service.name": "svc", "n": 3}
         assert server.scope == ("llm_proxy", "1.2.3")
         assert (server.name, server.kind, server.trace_id, server.parent_span_id) == (
             "POST /v1/chat/completions", SERVER, TRACE, PARENT)
         assert (server.start, server.end, server.trace_state, server.flags) == (1_000, 9_000, "v=1", 0x301)
+        assert (server.span_id, auth.span_id, auth.trace_id, client.trace_id) == ("00000000000000a1",
+                                                                                  "00000000000000b2", TRACE, TRACE)
+        assert auth.trace_state == client.trace_state == "v=1"
         assert server.attributes == {
             "http.request.method": "POST", "url.path": "/v1/chat/completions", "http.response.status_code": 200,
             "llm_proxy.request_id": "req-1", "llm_proxy.project_id": "p1", "llm_proxy.token_id": "t1",
@@ -116,6 +126,13 @@ class TestEncoding:
         assert orjson.loads(client.attributes["gen_ai.input.messages"]) == [{"role": "user", "content": "hi"}]
         assert "hello" in client.attributes["gen_ai.output.messages"]
 
+    def test_a_stream_in_a_new_trace(self) -> None:
+        server, auth, client = _encode(_record(first_chunk=0.125))
+        assert (server.parent_span_id, server.flags, server.trace_state) == ("", 0x101, "")
+        assert (auth.parent_span_id, client.parent_span_id) == (server.span_id, server.span_id)
+        assert client.attributes["gen_ai.response.time_to_first_chunk"] == 0.125
+        assert client.attributes["gen_ai.request.stream"] is True
+
     def test_attributes_read_early_from_large_bodies_are_used(self) -> None:
         _, _, client = _encode(_record()._replace(request_body=b"", response_body=b"",
                                                    body_attributes={"gen_ai.request.seed": 9}))
@@ -125,7 +142,7 @@ class TestEncoding:
     def test_cached_attributes_keep_true_and_one_apart(self) -> None:
         field = AttributeFields().field
         parts = [field("b", True), field("i", 1), field("b", 1), field("i", True), field("none", None)]
-        encoded = span([span_start(b"\x01" * 16, 2, 0, "", 1, 2), *parts, span_tail(False, False)])
+        encoded = span(span_start(b"\x01" * 16, b"\x02" * 8, b"", "", 1, 2), *parts, span_tail(False, False))
         (decoded,) = decode(ExportRequest({}, "s", "v")([encoded]))
         assert decoded.attributes == {"b": 1, "i": True}  # the later value of each key wins when decoded
         assert [type(v) for v in (field("b", True), field("b", 1))] == [bytes, bytes]
@@ -204,16 +221,21 @@ def _call(telemetry: Telemetry, tracing: Any, headers: list[tuple[bytes, bytes]]
     tracing.start({"method": "POST", "path": "/v1/chat/completions", "headers": headers}, ctx)
     ctx.auth_started = time.monotonic()
     ctx.auth_finished = ctx.auth_started + 1e-3
+    propagated = []
     if fail_auth:
         ctx.error_code = "invalid_token"
     else:
         ctx.token_id = "t"
-    propagated = [] if fail_auth else tracing.propagation_headers()
-    ctx.upstream_finished = time.monotonic()
-    telemetry.execute("llm_proxy.proxy.request.stop", {"time_to_first_byte": None, "cost_usd": None}, {
-        "status": 401 if fail_auth else 200, "request_id": "r", "project_id": None, "token_id": None,
-        "cache_status": None, "error_code": "invalid_token" if fail_auth else None, "usage_known": False,
-        "stream": False, "response_body": b"{}", "context": ctx})
+        with telemetry.span("llm_proxy.cache.lookup", {"context": ctx}) as metadata:
+            metadata["cache_status"] = "miss"
+        propagated = tracing.propagation_headers(ctx)
+        ctx.upstream_started = time.monotonic()
+        ctx.upstream_finished = time.monotonic()
+    tracing.end(ctx, {"time_to_first_byte": None, "cost_usd": None}, {
+        "method": "POST", "path": "/v1/chat/completions", "status": 401 if fail_auth else 200, "request_id": "r",
+        "project_id": None, "token_id": None, "cache_status": None,
+        "error_code": "invalid_token" if fail_auth else None, "usage_known": False, "stream": False,
+        "response_body": b"{}", "context": ctx})
     return ctx, propagated
 
 
@@ -223,18 +245,21 @@ def test_the_handlers_record_one_call_and_propagate_its_client_span() -> None:
                                                  (b"tracestate", b"a=1"), (b"tracestate", b"b=2")])
     (record,) = memory.records
     assert record.upstream is not None
-    client_id, client_start, client_end, provider, model = record.upstream
-    assert propagated == [("traceparent", f"00-{TRACE}-{client_id:016x}-01"), ("tracestate", "a=1,b=2")]
-    assert (ctx.trace_id, f"{record.parent_id:016x}", record.remote_parent) == (TRACE, PARENT, True)
-    assert (provider, model) == ("openai", "m")
-    ((name, _, auth_start, auth_end, error, _),) = record.children
-    assert (name, error) == ("llm_proxy.auth", None)
+    client_start, client_end, provider, model, first_chunk = record.upstream
+    assert propagated == [("traceparent", f"00-{TRACE}-{record.ids[24:32].hex()}-01"), ("tracestate", "a=1,b=2")]
+    assert (ctx.trace_id, record.ids[:16].hex(), record.parent_id.hex()) == (TRACE, TRACE, PARENT)
+    assert len({record.ids[16:24], record.ids[24:32], record.ids[32:40]}) == 3
+    assert (provider, model, first_chunk) == ("openai", "m", None)
+    assert record.auth is not None
+    auth_start, auth_end, error = record.auth
+    assert error is None
     assert auth_end - auth_start == pytest.approx(1_000_000, abs=1_000)
-    assert record.start <= auth_start <= client_start <= client_end <= record.end
-    gc.collect()  # queued records should cost the collector little: their parts are soon untracked
-    gc.collect()  # (a tuple is untracked once its items are, so nested ones take two passes)
-    assert not any(gc.is_tracked(part) for part in (record.children, record.children[0], record.upstream))
-    assert tracing.propagation_headers() == []  # no call in flight any more
+    ((name, _, lookup_start, lookup_end, lookup_error, attributes),) = record.children
+    assert (name, lookup_error, attributes) == ("llm_proxy.cache.lookup", None, (("llm_proxy.cache_status", "miss"),))
+    assert record.start <= auth_start <= lookup_start <= lookup_end <= client_start <= client_end <= record.end
+    for _ in range(4):  # queued records should cost the collector little: their parts are soon untracked
+        gc.collect()  # (a tuple is untracked once its items are: each level of nesting takes one more pass)
+    assert not any(gc.is_tracked(part) for part in (record.children, record.auth, record.upstream))
 
 
 def test_unsampled_calls_record_nothing_but_propagate() -> None:
@@ -255,8 +280,9 @@ def test_a_failed_token_check_is_an_error_child_and_no_client_span() -> None:
     _call(telemetry, tracing, [], fail_auth=True)
     (record,) = memory.records
     assert record.upstream is None
-    assert record.children[0][4] == "invalid_token"
-    assert record.parent_id == 0
+    assert record.auth is not None
+    assert record.auth[2] == "invalid_token"
+    assert record.parent_id == b""
 
 
 async def test_shutdown_from_another_thread_flushes_on_the_loop() -> None:

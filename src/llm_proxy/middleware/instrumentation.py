@@ -96,10 +96,13 @@ class InstrumentationMiddleware:
     def __init__(self, app: Any, *, bus: EventBus | None, settings: ObservabilitySettings,
                  telemetry: Telemetry | None = None, prices: PriceTable | None = None,
                  timing_headers: bool = True,
-                 trace_start: Callable[[dict[str, Any], RequestContext], None] | None = None) -> None:
+                 trace_start: Callable[[dict[str, Any], RequestContext], None] | None = None,
+                 trace_end: Callable[[RequestContext, dict[str, Any], dict[str, Any]], None] | None = None) -> None:
         self.app = app
         self.trace_start = trace_start
-        """Tracing's start of a call: called directly, every call, so it costs no telemetry event."""
+        self.trace_end = trace_end
+        """Tracing's start and end of a call: called directly, every call, so they cost no telemetry events;
+        `trace_end` gets the measurements and metadata of the stop (or exception) event."""
         self.bus = bus
         self.max_request = settings.max_request_body_bytes
         self.max_response = settings.max_response_body_bytes
@@ -185,11 +188,12 @@ class InstrumentationMiddleware:
                                      "output": cost.output, "reasoning": cost.reasoning},
                               {"provider": ctx.provider, "model": ctx.model, "price_model": cost.price_model,
                                "project_id": ctx.project_id, "token_id": ctx.token_id, "request_id": ctx.request_id})
-        if not telemetry.has_handlers(name):
+        trace_end = self.trace_end
+        if trace_end is None and not telemetry.has_handlers(name):
             return
         measurements = _measurements(ctx, capture, usage, cost, ended)
         status = capture.status or (CLIENT_CLOSED_STATUS if ctx.client_disconnected else 500)
-        telemetry.execute(name, measurements, {
+        metadata = {
             "request_id": ctx.request_id, "method": scope["method"], "path": scope["path"], "status": status,
             "provider": ctx.provider, "model": ctx.model, "stream": ctx.stream, "project_id": ctx.project_id,
             "token_id": ctx.token_id, "user_id": ctx.user_id, "cache_status": ctx.cache_status,
@@ -197,7 +201,14 @@ class InstrumentationMiddleware:
             "client_disconnected": ctx.client_disconnected, "trace_id": ctx.trace_id, "usage_known": usage is not None,
             "response_body": capture.body, "content_type": capture.content_type, "event": event,
             "context": ctx, "reason": failure,
-        })
+        }
+        telemetry.execute(name, measurements, metadata)
+        if trace_end is not None:
+            try:
+                trace_end(ctx, measurements, metadata)
+            except Exception:  # as a failing telemetry handler is detached: one log line, then no more tracing
+                self.trace_end = None
+                log.exception("tracing failed on request %s and is off in this worker from now on", ctx.request_id)
 
     def _event(self, scope: dict[str, Any], ctx: RequestContext, capture: _Capture, usage: dict[str, int] | None,
                cost: Cost | None, ended: float) -> Event:

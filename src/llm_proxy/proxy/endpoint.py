@@ -52,7 +52,7 @@ class ProxyOptions:
     max_request_size: int
     trust_proxy_headers: bool
     telemetry: Telemetry | None = None
-    trace_headers: Callable[[], list[tuple[str, str]]] | None = None
+    trace_headers: Callable[[RequestContext], list[tuple[str, str]]] | None = None
     """With tracing on: the current span's `traceparent`/`tracestate`, which replace the client's."""
     caching: ResponseCaching | None = None
     budget: BudgetGuard | None = None
@@ -162,7 +162,7 @@ class ProxyEndpoint:
                                            ctx.request_id, self._extra_headers,
                                            hdr.DROP_UPSTREAM if trace_headers is None else hdr.DROP_UPSTREAM_TRACED)
         if trace_headers is not None:
-            out_headers += trace_headers()
+            out_headers += trace_headers(ctx)
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ctx))

@@ -67,6 +67,7 @@ class TracingSettings:
     semconv_opt_in: str
     capture_content: bool
     export_process: bool
+    export_priority: str
 
     @property
     def enabled(self) -> bool:
@@ -114,4 +115,8 @@ TRACING_VARS: tuple[Var, ...] = (
         "Put prompt and completion messages on spans."),
     Var("LLM_PROXY_TRACE_EXPORT_PROCESS", "export_process", parse_bool, True,
         "Encode and post spans in one child process per worker (true) or in the worker itself (false)."),
+    Var("LLM_PROXY_TRACE_EXPORT_PRIORITY", "export_priority", parse_choice("idle", "low", "normal"), "idle",
+        "CPU priority of the exporter process: idle (runs only on CPU time nothing else wants, so export never "
+        "slows requests; under sustained full load spans queue, then are dropped and counted), low (nice 10) "
+        "or normal."),
 )

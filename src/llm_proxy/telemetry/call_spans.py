@@ -31,28 +31,32 @@ _UNIQUE = frozenset({"gen_ai.response.id", "gen_ai.input.messages", "gen_ai.outp
 """Attributes whose values do not repeat: encoded without the cache."""
 
 
-ChildRecord = tuple[str, int, int, int, str | None, tuple[tuple[str, Any], ...]]
-"""An INTERNAL child of the server span: name, span_id, start, end, error type, attributes."""
-UpstreamRecord = tuple[int, int, int, str, str | None]
-"""The upstream call (CLIENT span), whose context went upstream: span_id, start, end, provider, model."""
+ChildRecord = tuple[str, bytes, int, int, str | None, tuple[tuple[str, Any], ...]]
+"""An INTERNAL child of the server span from a telemetry event: name, span_id, start, end, error type, attributes."""
+AuthRecord = tuple[int, int, str | None]
+"""The token check (INTERNAL span `llm_proxy.auth`): start, end, error type."""
+UpstreamRecord = tuple[int, int, str, str | None, float | None]
+"""The upstream call (CLIENT span): start, end, provider, model, and for streams the seconds from
+sending the request to the first chunk relayed."""
 Usage = tuple[int, int, int, int]
 """Input, output, cached input and reasoning output tokens."""
 
 
 class CallRecord(NamedTuple):
-    """One call, as the handlers saw it; nested records are plain tuples (see module doc)."""
+    """One call, as the handlers saw it; nested records are plain tuples (see module doc). Times are ns."""
 
-    trace_id: int
-    span_id: int
-    parent_id: int
-    remote_parent: bool
+    ids: bytes
+    """The trace id (16 bytes), then the ids of the server, client and auth spans (8 bytes each)."""
+    parent_id: bytes
+    """The client's span, the server span's remote parent; b"" when the call started a trace."""
     trace_state: str
     method: str
     path: str
     start: int
     end: int
-    children: tuple[ChildRecord, ...]
+    auth: AuthRecord | None
     upstream: UpstreamRecord | None
+    children: tuple[ChildRecord, ...]
     status: int
     request_id: str
     project_id: str | None
@@ -62,8 +66,6 @@ class CallRecord(NamedTuple):
     usage: Usage | None
     cost_usd: float | None
     stream: bool
-    first_chunk: float | None
-    """Seconds from sending the upstream request to the first chunk relayed (streams)."""
     request_body: bytes
     response_body: bytes | bytearray
     body_attributes: Mapping[str, Any] | None
@@ -74,15 +76,22 @@ class CallRecord(NamedTuple):
 QueuedRecord = tuple[Any, ...]
 """A `CallRecord` as a plain tuple (`tuple(record)`), which is what waits in the export queue."""
 
+_AUTH_NAME = "llm_proxy.auth"
+_REQUEST_ID = otlp.attribute_prefix("llm_proxy.request_id")
+_COST = otlp.double_attribute_prefix("llm_proxy.cost_usd")
+_FIRST_CHUNK = otlp.double_attribute_prefix("gen_ai.response.time_to_first_chunk")
+
 
 class CallEncoder:
     """Encodes a `CallRecord` as its OTLP spans: SERVER, the INTERNAL children, the upstream CLIENT span.
 
-    What repeats from call to call is encoded once and reused, as a block of fields: the name,
-    kind and first attributes of each span (per method and path, or per provider, model and
-    stream), the server span's status, project, token and cache status, the client span's status
-    and its token counts. The rest goes through the attribute cache, except values that never
-    repeat. (Protobuf fields may come in any order, which is what makes the blocks possible.)
+    Each span is a few joined byte strings: its ids and times, and blocks encoded once and reused
+    for every call that shares them — the server span's name, attributes, status and flags per
+    method, path, status, project, token, cache status and error; the auth span's per outcome;
+    the client span's per method, path, provider, model, stream and status; token counts per
+    value. What varies per call (request id, cost, the attributes read from the bodies) is
+    encoded each time, through the attribute cache where values repeat. (Protobuf fields may come
+    in any order, which is what makes the blocks possible.)
     """
 
     def __init__(self, upstream_url: str, names: semconv.GenAiNames, capture_content: bool) -> None:
@@ -92,22 +101,36 @@ class CallEncoder:
         self.names = names
         self.capture_content = capture_content
         self.attribute = otlp.AttributeFields().field
-        self._server_heads: dict[tuple[str, str], bytes] = {}
+        self._server_heads: dict[tuple[Any, ...], bytes] = {}
+        self._auth_heads: dict[str | None, bytes] = {}
         self._child_heads: dict[str, bytes] = {}
-        self._client_heads: dict[tuple[str, str, str, str | None, bool], bytes] = {}
-        self._outcomes: dict[tuple[int, str | None, str | None, str | None, str | None, bool], bytes] = {}
-        self._statuses: dict[int, bytes] = {}
+        self._client_heads: dict[tuple[Any, ...], bytes] = {}
         self._usages: dict[Usage, bytes] = {}
+        self._trace_states: dict[str, bytes] = {"": b""}
 
     def __call__(self, queued: QueuedRecord) -> bytes:
-        record = CallRecord._make(queued)
-        trace_id = record.trace_id.to_bytes(16, "big")
-        parts = [self._server_span(trace_id, record)]
-        for child in record.children:
-            parts.append(self._child_span(trace_id, record, child))
-        if record.upstream is not None:
-            parts.append(self._client_span(trace_id, record, *record.upstream))
-        return b"".join(parts)
+        (ids, parent, trace_state, method, path, start, end, auth, upstream, children, status, request_id,
+         project_id, token_id, cache_status, error_code, _, cost, _, _, _, _) = queued
+        lead = b"\x0a\x10" + ids[:16] + b"\x12\x08"
+        server_id = ids[16:24]
+        state = self._trace_states.get(trace_state)
+        if state is None:
+            state = self._remember(self._trace_states, trace_state, otlp.trace_state_field(trace_state))
+        key = (method, path, status, project_id, token_id, cache_status, error_code, bool(parent))
+        head = self._server_heads.get(key) or self._remember(self._server_heads, key, self._server_head(*key))
+        out = [otlp.span(lead, server_id, otlp.times(start, end), state, b"\x22\x08" + parent if parent else b"",
+                         head, otlp.string_attribute(_REQUEST_ID, request_id),
+                         b"" if cost is None else _COST + otlp.double(cost))]
+        child_of = state + b"\x22\x08" + server_id
+        if auth is not None:
+            auth_start, auth_end, error = auth
+            head = self._auth_heads.get(error) or self._remember(self._auth_heads, error, self._auth_head(error))
+            out.append(otlp.span(lead, ids[32:40], otlp.times(auth_start, auth_end), child_of, head))
+        for child in children:
+            out.append(self._child_span(lead, child_of, child))
+        if upstream is not None:
+            out.append(self._client_span(lead, child_of, queued))
+        return b"".join(out)
 
     def _remember(self, heads: dict[_H, bytes], key: _H, head: bytes) -> bytes:
         if len(heads) >= _MAX_HEADS:  # the model name comes from the client
@@ -115,67 +138,51 @@ class CallEncoder:
         heads[key] = head
         return head
 
-    def _server_span(self, trace_id: bytes, record: CallRecord) -> bytes:
-        method, path = record.method, record.path
-        heads = self._server_heads
-        head = heads.get((method, path)) or self._remember(heads, (method, path), otlp.span_head(
-            f"{method} {path}", SERVER, {"http.request.method": method, "url.path": path}))
-        key = (record.status, record.project_id, record.token_id, record.cache_status, record.error_code,
-               record.remote_parent)
-        return otlp.span([
-            otlp.span_start(trace_id, record.span_id, record.parent_id, record.trace_state, record.start, record.end),
-            head, self._outcomes.get(key) or self._remember(self._outcomes, key, self._server_outcome(*key)),
-            otlp.attribute("llm_proxy.request_id", record.request_id),
-            self.attribute("llm_proxy.cost_usd", record.cost_usd)])
-
-    def _server_outcome(self, status: int, project_id: str | None, token_id: str | None, cache_status: str | None,
-                        error_code: str | None, remote_parent: bool) -> bytes:
-        """The server span's fields that repeat from call to call of one token: attributes, status, flags."""
+    def _server_head(self, method: str, path: str, status: int, project_id: str | None, token_id: str | None,
+                     cache_status: str | None, error_code: str | None, remote_parent: bool) -> bytes:
+        """The server span's fields that repeat from call to call of one token: name, attributes, status, flags."""
         error = None
         if status >= 500 or (status >= 400 and error_code):
             error = error_code or str(status)
         attributes = {"http.response.status_code": status, "llm_proxy.project_id": project_id,
                       "llm_proxy.token_id": token_id, "llm_proxy.cache_status": cache_status, "error.type": error}
-        return b"".join(self.attribute(k, v) for k, v in attributes.items()) + otlp.span_tail(error is not None,
-                                                                                               remote_parent)
+        return (otlp.span_head(f"{method} {path}", SERVER, {"http.request.method": method, "url.path": path})
+                + b"".join(self.attribute(k, v) for k, v in attributes.items())
+                + otlp.span_tail(error is not None, remote_parent))
 
-    def _child_span(self, trace_id: bytes, record: CallRecord, child: ChildRecord) -> bytes:
+    def _auth_head(self, error: str | None) -> bytes:
+        return (otlp.span_head(_AUTH_NAME, INTERNAL, {}) + self.attribute("error.type", error)
+                + otlp.span_tail(error is not None, False))
+
+    def _child_span(self, lead: bytes, child_of: bytes, child: ChildRecord) -> bytes:
         name, span_id, start, end, error, attributes = child
-        parts = [otlp.span_start(trace_id, span_id, record.span_id, record.trace_state, start, end),
-                 self._child_heads.get(name) or self._remember(self._child_heads, name,
-                                                               otlp.span_head(name, INTERNAL, {}))]
-        parts += [self.attribute(key, value) for key, value in attributes]
+        head = self._child_heads.get(name) or self._remember(self._child_heads, name,
+                                                             otlp.span_head(name, INTERNAL, {}))
+        parts = [self.attribute(key, value) for key, value in attributes]
         if error is not None:
             parts.append(self.attribute("error.type", error))
-        parts.append(otlp.span_tail(error is not None, False))
-        return otlp.span(parts)
+        return otlp.span(lead, span_id, otlp.times(start, end), child_of, head, *parts,
+                         otlp.span_tail(error is not None, False))
 
-    def _client_span(self, trace_id: bytes, record: CallRecord, span_id: int, start: int, end: int, provider: str,
-                     model: str | None) -> bytes:
-        status = record.status
-        key = (record.method, record.path, provider, model, record.stream)
-        parts = [otlp.span_start(trace_id, span_id, record.span_id, record.trace_state, start, end),
-                 self._client_heads.get(key) or self._remember(self._client_heads, key, self._client_head(*key)),
-                 self._statuses.get(status) or self._remember(self._statuses, status, self._client_status(status))]
-        usage = record.usage
+    def _client_span(self, lead: bytes, child_of: bytes, queued: QueuedRecord) -> bytes:
+        (ids, _, _, method, path, _, _, _, upstream, _, status, _, _, _, _, _, usage, _, stream, request_body,
+         response_body, found) = queued
+        start, end, provider, model, first_chunk = upstream
+        key = (method, path, provider, model, stream, status)
+        head = self._client_heads.get(key) or self._remember(self._client_heads, key, self._client_head(*key))
+        usage_block = b""
         if usage is not None:
-            parts.append(self._usages.get(usage) or self._remember(self._usages, usage, self._usage(*usage)))
-        if record.first_chunk is not None:
-            parts.append(otlp.attribute("gen_ai.response.time_to_first_chunk", max(record.first_chunk, 0.0)))
-        found = record.body_attributes
-        if record.request_body or record.response_body:
-            later = body_attributes(record.request_body, record.response_body, self.names, self.capture_content)
+            usage_block = self._usages.get(usage) or self._remember(self._usages, usage, self._usage(*usage))
+        if request_body or response_body:
+            later = body_attributes(request_body, response_body, self.names, self.capture_content)
             found = {**found, **later} if found else later
-        elif found is None:
-            found = {}
-        attribute = self.attribute
-        parts += [otlp.attribute(k, v) if k in _UNIQUE else attribute(k, v) for k, v in found.items()]
-        return otlp.span(parts)
-
-    def _client_status(self, status: int) -> bytes:
-        error = status >= 400
-        return (self.attribute("http.response.status_code", status)
-                + (self.attribute("error.type", str(status)) if error else b"") + otlp.span_tail(error, False))
+        parts = [lead, ids[24:32], otlp.times(start, end), child_of, head, usage_block]
+        if first_chunk is not None:
+            parts.append(_FIRST_CHUNK + otlp.double(max(first_chunk, 0.0)))
+        if found:
+            attribute = self.attribute
+            parts += [otlp.attribute(k, v) if k in _UNIQUE else attribute(k, v) for k, v in found.items()]
+        return otlp.span(*parts)
 
     def _usage(self, input_tokens: int, output_tokens: int, cached_tokens: int, reasoning_tokens: int) -> bytes:
         attribute = self.attribute
@@ -184,13 +191,16 @@ class CallEncoder:
                 + attribute("gen_ai.usage.cache_read.input_tokens", cached_tokens)
                 + attribute("gen_ai.usage.reasoning.output_tokens", reasoning_tokens))
 
-    def _client_head(self, method: str, path: str, provider: str, model: str | None, stream: bool) -> bytes:
+    def _client_head(self, method: str, path: str, provider: str, model: str | None, stream: bool,
+                     status: int) -> bytes:
         operation = semconv.OPERATIONS.get(path)
         attributes: dict[str, Any] = {**self._server, "gen_ai.provider.name": semconv.provider_name(provider),
                                       "gen_ai.request.stream": stream, "gen_ai.operation.name": operation,
                                       "gen_ai.request.model": model or None}
         name = f"{operation} {model or ''}".strip() if operation else f"{method} {path}"
-        return otlp.span_head(name, CLIENT, attributes)
+        error = status >= 400
+        return (otlp.span_head(name, CLIENT, attributes) + self.attribute("http.response.status_code", status)
+                + (self.attribute("error.type", str(status)) if error else b"") + otlp.span_tail(error, False))
 
 
 def body_attributes(request_body: bytes, response_body: bytes | bytearray, names: semconv.GenAiNames,

@@ -172,7 +172,7 @@ class OtlpHttpExporter(BatchingQueue[R]):
         """The request body, made in slices with a yield between them so requests in flight are not held up."""
         encoded: list[bytes] = []
         for start in range(0, len(batch), _ENCODE_SLICE):
-            with _no_gc():
+            with no_gc():
                 encoded += map(self.encode, batch[start:start + _ENCODE_SLICE])
             await asyncio.sleep(0)
         return self.request(encoded)
@@ -217,7 +217,7 @@ class OtlpHttpExporter(BatchingQueue[R]):
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """No garbage collection while a slice is encoded.
 
     Encoding allocates many short-lived containers (parsed bodies, lists of parts) that reference

@@ -87,14 +87,14 @@ def span_tail(error: bool, remote_parent: bool) -> bytes:
 
 
 class AttributeFields:
-    """Cached `Span.attributes` entries for str, int, bool and tuple values, by class, key and value.
+    """Cached `Span.attributes` entries for str, int, bool, float and tuple values, by class, key and value.
 
     The class is part of the key because True == 1. At most 512 values are kept per key; a full
     key is emptied (the values that repeat are back at once).
     """
 
     def __init__(self) -> None:
-        self._by_class: dict[type, dict[str, dict[Any, bytes]]] = {str: {}, int: {}, bool: {}, tuple: {}}
+        self._by_class: dict[type, dict[str, dict[Any, bytes]]] = {str: {}, int: {}, bool: {}, float: {}, tuple: {}}
 
     def field(self, key: str, value: Any) -> bytes:
         """The field; None gives nothing (the SDK leaves such attributes out too)."""
@@ -118,18 +118,49 @@ def span_head(name: str, kind: int, attributes: Mapping[str, Any]) -> bytes:
             + b"".join(attribute(k, v) for k, v in attributes.items() if v is not None))
 
 
-def span_start(trace_id: bytes, span_id: int, parent_id: int, trace_state: str, start: int, end: int) -> bytes:
-    """trace_id (16 bytes, big-endian), span_id, trace_state, parent_span_id (none when 0) and the times."""
-    out = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id.to_bytes(8, "big") + _TIMES(0x39, start, 0x41, end)
-    if trace_state:
-        out += _field(b"\x1a", trace_state.encode())
-    return out + b"\x22\x08" + parent_id.to_bytes(8, "big") if parent_id else out
+def times(start: int, end: int) -> bytes:
+    return _TIMES(0x39, start, 0x41, end)
 
 
-def span(parts: list[bytes]) -> bytes:
+def trace_state_field(trace_state: str) -> bytes:
+    return _field(b"\x1a", trace_state.encode()) if trace_state else b""
+
+
+def span_start(trace_id: bytes, span_id: bytes, parent_id: bytes, trace_state: str, start: int, end: int) -> bytes:
+    """trace_id (16 bytes), span_id (8), trace_state, parent_span_id (8, or b"" for none) and the times."""
+    out = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id + times(start, end) + trace_state_field(trace_state)
+    return out + b"\x22\x08" + parent_id if parent_id else out
+
+
+def span(*parts: bytes) -> bytes:
     """One `ScopeSpans.spans` entry (field 2) from the `Span` fields in `parts`."""
     body = b"".join(parts)
     return b"\x12" + varint(len(body)) + body
+
+
+def attribute_prefix(key: str) -> bytes:
+    """The key of a `KeyValue`, for `string_attribute`."""
+    return _field(b"\x0a", key.encode())
+
+
+def string_attribute(key_field: bytes, value: str) -> bytes:
+    """A `Span.attributes` entry with a string value, from its `attribute_prefix`; not cached."""
+    encoded = value.encode()
+    size = len(encoded)
+    if size < 120 and len(key_field) + size < 120:  # every length fits in one byte
+        return (bytes((0x4a, len(key_field) + size + 4)) + key_field + bytes((0x12, size + 2, 0x0a, size))
+                + encoded)
+    return _field(b"\x4a", key_field + _field(b"\x12", _field(b"\x0a", encoded)))
+
+
+def double_attribute_prefix(key: str) -> bytes:
+    """A `Span.attributes` entry with a double value but for the value's 8 bytes (`double(value)`)."""
+    key_field = attribute_prefix(key)
+    return b"\x4a" + varint(len(key_field) + 11) + key_field + b"\x12\x09\x21"
+
+
+def double(value: float) -> bytes:
+    return _DOUBLE(value)
 
 
 class ExportRequest:

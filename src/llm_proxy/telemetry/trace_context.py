@@ -1,7 +1,8 @@
 """W3C trace context (`traceparent`, `tracestate`), trace and span ids, and the OpenTelemetry samplers.
 
-Ids are random integers from `random` (it reseeds itself in forked workers), as in the
-OpenTelemetry SDK's default id generator.
+Ids are random bits from `random` (it reseeds itself in forked workers), as in the OpenTelemetry
+SDK's default id generator, kept as big-endian bytes: the form OTLP encodes and `bytes.hex()`
+formats, so a call's ids are made in one draw and never converted to integers.
 """
 
 from __future__ import annotations
@@ -23,22 +24,30 @@ _LOW_64 = (1 << 64) - 1
 class Parent:
     """A valid remote parent taken from the client's `traceparent` / `tracestate`."""
 
-    trace_id: int
-    span_id: int
+    trace_id: bytes
+    span_id: bytes
     sampled: bool
     trace_state: str
 
 
-def new_trace_id() -> int:
-    return random.getrandbits(128) or 1
+_ZERO_ID = bytes(8)
 
 
-def new_span_id() -> int:
-    return random.getrandbits(64) or 1
+def new_ids(size: int) -> bytes:
+    """`size` random bytes in which no aligned 8-byte id is all zeros (invalid in W3C and OTLP)."""
+    ids = random.randbytes(size)  # noqa: S311 - ids need to be unique, not secret (as in the SDK)
+    while ids.find(_ZERO_ID) >= 0:  # about once in 2**60 calls; an unaligned run of zeros just draws again
+        # (not `_ZERO_ID in ids`: bytes.__contains__ first tries the needle as an int and raises inside)
+        ids = random.randbytes(size)  # noqa: S311 - ids need to be unique, not secret (as in the SDK)
+    return ids
 
 
-def traceparent(trace_hex: str, span_id: int, sampled: bool) -> str:
-    return f"00-{trace_hex}-{span_id:016x}-{'01' if sampled else '00'}"
+def new_span_id() -> bytes:
+    return new_ids(8)
+
+
+def traceparent(trace_hex: str, span_id: bytes, sampled: bool) -> str:
+    return f"00-{trace_hex}-{span_id.hex()}-{'01' if sampled else '00'}"
 
 
 def parse_parent(traceparent: str, tracestate: str = "") -> Parent | None:
@@ -49,8 +58,8 @@ def parse_parent(traceparent: str, tracestate: str = "") -> Parent | None:
     version, trace, span, flags, rest = match.groups()
     if version == "ff" or (version == "00" and rest):
         return None
-    trace_id, span_id = int(trace, 16), int(span, 16)
-    if not trace_id or not span_id:
+    trace_id, span_id = bytes.fromhex(trace), bytes.fromhex(span)
+    if not any(trace_id) or not any(span_id):
         return None
     return Parent(trace_id, span_id, bool(int(flags, 16) & 1), parse_tracestate(tracestate))
 
@@ -70,17 +79,17 @@ def parse_tracestate(header: str) -> str:
     return ",".join(members) if len(members) <= _MAX_TRACESTATE_MEMBERS else ""
 
 
-Sampler = Callable[[Parent | None, int], bool]
+Sampler = Callable[[Parent | None, bytes], bool]
 """`sampler(parent, trace_id)`: whether the trace is recorded and exported."""
 
 
 def make_sampler(name: str, ratio: float) -> Sampler:
     """The OTEL_TRACES_SAMPLER samplers; `traceidratio` decides on the low 64 bits as the SDK does."""
     bound = round(ratio * (_LOW_64 + 1))
-    roots: dict[str, Callable[[int], bool]] = {
+    roots: dict[str, Callable[[bytes], bool]] = {
         "always_on": lambda trace_id: True,
         "always_off": lambda trace_id: False,
-        "traceidratio": lambda trace_id: (trace_id & _LOW_64) < bound,
+        "traceidratio": lambda trace_id: int.from_bytes(trace_id[8:], "big") < bound,
     }
     root = roots[name.removeprefix("parentbased_")]
     if name.startswith("parentbased_"):

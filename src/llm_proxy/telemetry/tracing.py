@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing, attached as telemetry handlers; off unless an OTLP endpoint is set.
+"""OpenTelemetry tracing; off unless an OTLP endpoint is set.
 
 Per proxied call: a SERVER span `POST /v1/chat/completions` (parent: the client's
 `traceparent`, when valid) with INTERNAL children `llm_proxy.auth` and `llm_proxy.cache.lookup`
@@ -6,23 +6,23 @@ and one CLIENT child `chat gpt-4o` for the upstream call, whose context is what 
 receives as `traceparent`. The CLIENT span ends when the upstream finished; its usage attributes
 are known only once the whole answer passed.
 
-Tracing every call must stay cheap next to the proxy's own work (~0.25 ms of CPU per call), so
-these handlers do not build spans: they note ids, clock readings and the stop event's values in a
-`CallRecord` (call_spans.py) and queue it. An exporter encodes records as OTLP protobuf spans with
-their attributes (call_spans.py, otlp.py) and posts them (exporter.py), by default in a child
-process of the worker (export_process.py). The OpenTelemetry SDK, used before, cost ~350 µs per
-call and halved a CPU-bound proxy's throughput.
+Tracing every call must stay cheap next to the proxy's own work (~0.2 ms of CPU per call on a
+small machine), so nothing here builds spans: the instrumentation calls `start` and `end`
+directly; `start` draws the call's ids (trace, server, client and auth span, one draw of random
+bytes) and keeps them on the `RequestContext`; `end` reads the clock readings the endpoint noted
+there and queues a plain-tuple record (call_spans.py). An exporter encodes records as OTLP
+protobuf spans with their attributes (call_spans.py, otlp.py) and posts them (exporter.py), by
+default in a child process of the worker (export_process.py). The OpenTelemetry SDK, used
+before, cost ~350 µs per call and halved a CPU-bound proxy's throughput.
 
-Per-request state lives in a context variable set by `start`, which the instrumentation calls
-directly (a telemetry event for it cost more): every handler call of one request runs in that
-request's task, so no lookup table or lock is needed. When tracing is off nothing here is built
+The one child span that comes from a telemetry event is the cache lookup's (its stop or
+exception), which only calls with a cache rule have. When tracing is off nothing here is built
 or attached (`build_tracing` returns None).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -43,57 +43,26 @@ from llm_proxy.telemetry.call_spans import (
 from llm_proxy.telemetry.events import Telemetry
 from llm_proxy.telemetry.exporter import OtlpHttpExporter, SpanExporter
 from llm_proxy.telemetry.otlp import ExportRequest
-from llm_proxy.telemetry.trace_context import (
-    Sampler,
-    make_sampler,
-    new_span_id,
-    new_trace_id,
-    parse_parent,
-    traceparent,
-)
+from llm_proxy.telemetry.trace_context import Sampler, make_sampler, new_ids, new_span_id, parse_parent
 
-_AUTH = "llm_proxy.auth"
 _CHILDREN = ("llm_proxy.cache.lookup",)
 _CHILD_NAMES = {f"{prefix}.{phase}": prefix for prefix in _CHILDREN for phase in ("stop", "exception")}
 _CHILD_ATTRIBUTES = ("result", "status", "cache_status")
+_NO_CHILDREN: tuple[ChildRecord, ...] = ()
 
-
-class _Call:
-    """One call in flight."""
-
-    __slots__ = ("children", "client_id", "client_start", "method", "monotonic_start", "parent_id", "path", "remote",
-                 "sampled", "span_id", "start", "trace_hex", "trace_id", "trace_state")
-
-    def __init__(self, trace_id: int, parent_id: int, trace_state: str, sampled: bool, method: str,
-                 path: str) -> None:
-        self.trace_id = trace_id
-        self.trace_hex = f"{trace_id:032x}"
-        self.span_id = new_span_id()
-        self.parent_id = parent_id
-        self.remote = parent_id != 0
-        self.trace_state = trace_state
-        self.sampled = sampled
-        self.method = method
-        self.path = path
-        self.start = time.time_ns()
-        self.monotonic_start = time.monotonic()
-        self.children: list[ChildRecord] = []
-        self.client_id = 0
-        """The CLIENT span's id, from the moment the upstream request is built (0 = no upstream call)."""
-        self.client_start = 0
+CallTrace = tuple[bytes, bytes, str, bool, list[ChildRecord]]
+"""What `start` keeps on `RequestContext.trace`: the ids (trace id, then the server, client and auth
+span ids: 40 bytes), the remote parent span id (b"" for none), the `tracestate`, whether the call
+is sampled, and the cache lookup's child span, if any."""
 
 
 class Tracing:
-    """The handlers that turn telemetry events into call records, and the exporter they feed.
+    """Records each call for its spans, and the exporter the records go to.
 
-    `start` is called by the instrumentation as each call begins; then two telemetry events are
-    handled: request stop, and the stop (or exception) of the cache lookup, whose start is the stop
-    time less its duration. The token check's span
-    comes from the times the endpoint notes on the `RequestContext` (`auth_started`,
-    `auth_finished`): every call has one, and listening to its telemetry span cost more. The
-    CLIENT span starts when the endpoint asks for the headers to propagate (`propagation_headers`,
-    right before the upstream request) and ends when the upstream answer was relayed
-    (`RequestContext.upstream_finished`).
+    `start` is called by the instrumentation as each call begins and `end` once it ended. The
+    token check's span comes from the times the endpoint notes on the `RequestContext`
+    (`auth_started`, `auth_finished`); the CLIENT span's from `upstream_started` (right after the
+    endpoint asked for the headers to propagate, `propagation_headers`) and `upstream_finished`.
     """
 
     def __init__(self, exporter: SpanExporter[QueuedRecord], sampler: Sampler, *, names: semconv.GenAiNames,
@@ -105,12 +74,9 @@ class Tracing:
         self.sampler = sampler
         self.names = names
         self.capture_content = capture_content
-        self._state: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("llm_proxy_trace", default=None)
         self._handler_id = f"llm_proxy.tracing.{id(self):x}"
 
     def attach(self, telemetry: Telemetry) -> None:
-        telemetry.attach_many(f"{self._handler_id}.stop", ("llm_proxy.proxy.request.stop",
-                              "llm_proxy.proxy.request.exception"), self._on_request_stop)
         for prefix in _CHILDREN:
             telemetry.attach_many(f"{self._handler_id}.{prefix}", (f"{prefix}.stop", f"{prefix}.exception"),
                                   self._on_child_end)
@@ -119,23 +85,6 @@ class Tracing:
         for entry in telemetry.list_handlers():
             if entry.handler_id.startswith(self._handler_id):
                 telemetry.detach(entry.handler_id)
-
-    def propagation_headers(self) -> list[tuple[str, str]]:
-        """`traceparent` (and `tracestate`) for the upstream request: the CLIENT span's context, which starts now."""
-        call = self._state.get()
-        if call is None:
-            return []
-        if not call.sampled:
-            span_id = call.span_id
-        elif call.client_id:
-            span_id = call.client_id
-        else:
-            span_id = call.client_id = new_span_id()
-            call.client_start = time.time_ns()
-        headers = [("traceparent", traceparent(call.trace_hex, span_id, call.sampled))]
-        if call.trace_state:
-            headers.append(("tracestate", call.trace_state))
-        return headers
 
     async def flush(self) -> None:
         await self.exporter.flush()
@@ -151,7 +100,7 @@ class Tracing:
         asyncio.run_coroutine_threadsafe(self.exporter.aclose(), loop).result(timeout)
 
     def start(self, scope: Mapping[str, Any], ctx: RequestContext) -> None:
-        """A call begins: called by the instrumentation for every call (not through a telemetry event)."""
+        """A call begins: its trace context, from the client's headers or new."""
         traceparent_header = tracestate = ""
         for key, value in scope["headers"]:
             if key == b"traceparent":
@@ -160,17 +109,34 @@ class Tracing:
                 tracestate = f"{tracestate},{value.decode('latin-1')}" if tracestate else value.decode("latin-1")
         parent = parse_parent(traceparent_header, tracestate) if traceparent_header else None
         if parent is None:
-            trace_id = new_trace_id()
-            call = _Call(trace_id, 0, "", self.sampler(None, trace_id), scope["method"], scope["path"])
+            ids = new_ids(40)
+            ctx.trace = (ids, b"", "", self.sampler(None, ids[:16]), [])
+            ctx.trace_id = ids[:16].hex()
         else:
-            call = _Call(parent.trace_id, parent.span_id, parent.trace_state, self.sampler(parent, parent.trace_id),
-                         scope["method"], scope["path"])
-        self._state.set(call)
-        ctx.trace_id = call.trace_hex
+            ids = parent.trace_id + new_ids(24)
+            ctx.trace = (ids, parent.span_id, parent.trace_state, self.sampler(parent, parent.trace_id), [])
+            ctx.trace_id = parent.trace_id.hex()
+
+    @staticmethod
+    def propagation_headers(ctx: RequestContext) -> list[tuple[str, str]]:
+        """`traceparent` (and `tracestate`) for the upstream request: the CLIENT span's context.
+
+        An unsampled call records no span, so the upstream's parent is the server span's id (what
+        the SDK does: a non-recording span still has an id).
+        """
+        trace = ctx.trace
+        if trace is None:
+            return []
+        ids, _, trace_state, sampled, _ = trace
+        span_id = ids[24:32] if sampled else ids[16:24]
+        headers = [("traceparent", f"00-{ctx.trace_id}-{span_id.hex()}-{'01' if sampled else '00'}")]
+        if trace_state:
+            headers.append(("tracestate", trace_state))
+        return headers
 
     def _on_child_end(self, name: str, m: Mapping[str, Any], md: Mapping[str, Any], config: Any) -> None:
-        call = self._state.get()
-        if call is None or not call.sampled:
+        trace = md["context"].trace
+        if trace is None or not trace[3]:
             return
         end = time.time_ns()
         attributes: tuple[tuple[str, Any], ...] = ()
@@ -180,45 +146,45 @@ class Tracing:
         error = None
         if name.endswith(".exception"):
             error = md.get("code") or md.get("kind") or "error"
-        call.children.append((_CHILD_NAMES[name], new_span_id(), end - int(m["duration"] * 1e9), end, error,
-                              attributes))
+        trace[4].append((_CHILD_NAMES[name], new_span_id(), end - int(m["duration"] * 1e9), end, error,
+                         attributes))
 
-    def _on_request_stop(self, name: str, m: Mapping[str, Any], md: Mapping[str, Any], config: Any) -> None:
-        call = self._state.get()
-        if call is None:
-            return
-        self._state.set(None)
-        if call.sampled:
-            self.exporter.submit(self._record(call, m, md))
+    def end(self, ctx: RequestContext, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
+        """A call ended (`m` and `md`: the measurements and metadata of its stop or exception event)."""
+        trace = ctx.trace
+        if trace is not None and trace[3]:
+            self.exporter.submit(self._record(ctx, trace, m, md))
 
-    def _record(self, call: _Call, m: Mapping[str, Any], md: Mapping[str, Any]) -> QueuedRecord:
-        """The fields of a `CallRecord`, as a plain tuple (see call_spans)."""
+    def _record(self, ctx: RequestContext, trace: CallTrace, m: Mapping[str, Any],
+                md: Mapping[str, Any]) -> QueuedRecord:
+        """The fields of a `CallRecord`, as a plain tuple (see call_spans); times in ns since the epoch."""
         end = time.time_ns()
-        ctx = md["context"]
-        children = tuple(call.children)
+        now = time.monotonic()
+        started = end - int((now - ctx.started) * 1e9)
+        auth = None
         auth_started = ctx.auth_started
         if auth_started is not None:
-            start = call.start + int((auth_started - call.monotonic_start) * 1e9)
             finished = ctx.auth_finished
-            auth_end = end if finished is None else call.start + int((finished - call.monotonic_start) * 1e9)
-            children = ((_AUTH, new_span_id(), start, max(auth_end, start),
-                         None if ctx.token_id is not None else ctx.error_code or "error", ()), *children)
+            auth_start = end - int((now - auth_started) * 1e9)
+            auth_end = end if finished is None else end - int((now - finished) * 1e9)
+            error = None if ctx.token_id is not None else ctx.error_code or "error"
+            auth = (auth_start, auth_end if auth_end > auth_start else auth_start, error)
         upstream = None
-        if call.client_id:
-            finished = ctx.upstream_finished
-            upstream_end = end
-            if finished is not None:
-                upstream_end = min(call.start + int((finished - call.monotonic_start) * 1e9), end)
-            upstream = (call.client_id, call.client_start, max(upstream_end, call.client_start), ctx.provider,
-                        ctx.model)
         stream = md["stream"]
-        first_chunk = None
-        if stream and m["time_to_first_byte"] is not None and ctx.upstream_started is not None:
-            first_chunk = ctx.started + m["time_to_first_byte"] - ctx.upstream_started
         request: bytes = b""
         response: bytes | bytearray = b""
         found = None
-        if upstream:
+        upstream_started = ctx.upstream_started
+        if upstream_started is not None:
+            client_start = end - int((now - upstream_started) * 1e9)
+            finished = ctx.upstream_finished
+            client_end = end if finished is None else end - int((now - finished) * 1e9)
+            first_chunk = None
+            ttfb = m["time_to_first_byte"]
+            if stream and ttfb is not None:
+                first_chunk = ctx.started + ttfb - upstream_started
+            upstream = (client_start, client_end if client_end > client_start else client_start, ctx.provider,
+                        ctx.model, first_chunk)
             request = ctx.request_body
             response = b"" if stream else md.get("response_body", b"")
             if not self.defer_bodies:
@@ -237,10 +203,11 @@ class Tracing:
         usage = None
         if md["usage_known"]:
             usage = (m["input_tokens"], m["output_tokens"], m["cached_tokens"], m["reasoning_tokens"])
-        return (call.trace_id, call.span_id, call.parent_id, call.remote, call.trace_state, call.method,
-                call.path, call.start, end, children, upstream, md["status"], md["request_id"],
-                md["project_id"], md["token_id"], md["cache_status"], md["error_code"], usage,
-                m["cost_usd"], stream, first_chunk, request, response, found)
+        children = trace[4]
+        return (trace[0], trace[1], trace[2], md["method"], md["path"], started, end, auth, upstream,
+                tuple(children) if children else _NO_CHILDREN, md["status"], md["request_id"], md["project_id"],
+                md["token_id"], md["cache_status"], md["error_code"], usage, m["cost_usd"], stream, request,
+                response, found)
 
 
 def build_tracing(settings: TracingSettings, upstream_url: str, exporter: SpanExporter[QueuedRecord] | None = None,
