@@ -90,6 +90,24 @@ async def test_records_are_exported_by_the_child_in_batches(tmp_path: Path) -> N
             await exporter.aclose()
 
 
+@pytest.mark.parametrize(("priority", "policy", "nice"), [("idle", os.SCHED_IDLE, 0), ("low", os.SCHED_OTHER, 10),
+                                                          ("normal", os.SCHED_OTHER, 0)])
+async def test_the_child_runs_at_the_configured_cpu_priority(tmp_path: Path, priority: str, policy: int,
+                                                            nice: int) -> None:
+    with otlp_receiver() as receiver:
+        exporter = _exporter(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                                        "LLM_PROXY_TRACE_EXPORT_PRIORITY": priority})
+        try:
+            exporter.submit(_records(1)[0])
+            await exporter.flush()  # the child set its priority before it exported anything
+            pid = _child_pid(exporter)
+            assert os.sched_getscheduler(pid) == policy
+            assert os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0) == nice
+            assert len(receiver.spans) == SPANS_PER_RECORD
+        finally:
+            await exporter.aclose()
+
+
 async def test_closing_hands_over_what_is_queued_and_the_child_exports_it_before_exiting(tmp_path: Path) -> None:
     early, late = _records(5), _records(5, first=100)
     with otlp_receiver() as receiver:

@@ -14,7 +14,7 @@ import pytest
 
 from llm_proxy.context import RequestContext
 from llm_proxy.settings import load_settings
-from llm_proxy.telemetry import Telemetry, semconv
+from llm_proxy.telemetry import Telemetry, semconv, trace_context
 from llm_proxy.telemetry.call_spans import CallEncoder, CallRecord, QueuedRecord
 from llm_proxy.telemetry.exporter import MAX_RETRY_DELAY, OtlpHttpExporter, retry_delay
 from llm_proxy.telemetry.otlp import AttributeFields, ExportRequest, span, span_start, span_tail
@@ -55,6 +55,11 @@ class TestTraceContext:
         assert parse_tracestate("a=1,a=2") == ""
         assert parse_tracestate(",".join(f"k{i}=v" for i in range(33))) == ""
         assert parse_tracestate("tenant@vendor=x") == "tenant@vendor=x"
+
+    def test_ids_never_hold_an_all_zero_id(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        draws = iter([bytes(8) + b"\x01" * 16, b"\x01" * 7 + bytes(8) + b"\x01" * 9, b"\x02" * 24])
+        monkeypatch.setattr(trace_context.random, "randbytes", lambda size: next(draws))
+        assert trace_context.new_ids(24) == b"\x02" * 24  # zeros at an id's place, or across two: drawn again
 
     def test_samplers(self) -> None:
         parent = parse_parent(f"00-{TRACE}-{PARENT}-00")

@@ -13,6 +13,10 @@ rather than in argv, where OTLP header secrets would show in `ps`; `R` a marshal
 records; `F` a flush request whose payload the child writes back as one line on stdout once
 everything before it was exported (or given up on).
 
+The child lowers its own CPU priority (`LLM_PROXY_TRACE_EXPORT_PRIORITY`, `idle` by default: a
+SCHED_IDLE process only runs on CPU time no other process wants), so exporting never takes CPU
+from requests; on a machine that is busy all the time its records wait, then are dropped.
+
 Failure handling: records wait in a bounded queue in the worker; when the pipe is backed up or
 the child is gone they are dropped and counted, never waited for. A child that exits is started
 again on the next batch, at most once per `RESTART_INTERVAL`. When the worker stops, it sends
