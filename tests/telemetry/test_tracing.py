@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from llm_proxy import telemetry
+from llm_proxy.telemetry.tracing import Tracing
 from tests.live import LiveProxy, running_proxy
 from tests.telemetry.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
 
@@ -120,6 +121,29 @@ class TestTracing:
         assert (server.status_code, server.attributes["error.type"]) == (ERROR, "invalid_token")
         assert (auth.status_code, auth.attributes["error.type"]) == (ERROR, "invalid_token")
         assert "chat gpt-4o-mini" not in spans
+
+    async def test_a_tracing_failure_turns_tracing_off_and_never_reaches_the_client(
+            self, traced: tuple[LiveProxy, Receiver, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch,
+            caplog: pytest.LogCaptureFixture) -> None:
+        live, receiver, stops = traced
+        calls: list[str] = []
+
+        def broken(self: Tracing, ctx: Any, trace: Any, m: Any, md: Any) -> Any:
+            calls.append(ctx.request_id)
+            raise RuntimeError("bug in tracing")
+
+        _, token = await live.project_token()
+        monkeypatch.setattr(Tracing, "_record", broken)
+        for _ in range(2):
+            async with live.http.post(f"{live.url}/v1/chat/completions", json=CHAT,
+                                      headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200
+        await flush(live)
+        assert len(calls) == 1  # one failure, then the instrumentation stops calling it
+        assert len(stops) == 2  # the telemetry handlers (metrics...) still see every call
+        assert [r.message for r in caplog.records if "tracing failed" in r.message] == [
+            f"tracing failed on request {calls[0]} and is off in this worker from now on"]
+        assert receiver.spans == []
 
     async def test_no_secret_or_content_reaches_the_spans(
             self, traced: tuple[LiveProxy, Receiver, list[dict[str, Any]]]) -> None:
