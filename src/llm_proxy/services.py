@@ -149,6 +149,8 @@ async def _build_telemetry(settings: Settings, telemetry: Telemetry, bus: EventB
         tracing.attach(telemetry)
         stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         stack.callback(tracing.detach, telemetry)
+        if metrics is not None:
+            metrics.runtime.trace_stats = tracing.stats
     return prices, metrics, tracing
 
 

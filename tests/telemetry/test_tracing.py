@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from llm_proxy import telemetry
+from llm_proxy.telemetry.exporter import BatchingQueue
 from llm_proxy.telemetry.tracing import Tracing
 from tests.live import LiveProxy, running_proxy
 from tests.telemetry.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
@@ -144,6 +145,34 @@ class TestTracing:
         assert [r.message for r in caplog.records if "tracing failed" in r.message] == [
             f"tracing failed on request {calls[0]} and is off in this worker from now on"]
         assert receiver.spans == []
+
+    async def test_the_metrics_count_traced_calls_dropped_before_export(
+            self, traced: tuple[LiveProxy, Receiver, list[dict[str, Any]]]) -> None:
+        live, receiver, _ = traced
+        _, token = await live.project_token()
+        services = live.app.services
+        assert services is not None
+        assert services.tracing is not None
+        exporter = services.tracing.exporter
+        assert isinstance(exporter, BatchingQueue)
+        exporter.delay = 60.0  # records stay queued until the flush below
+
+        async def call_and_scrape() -> dict[str, float]:
+            async with live.http.post(f"{live.url}/v1/chat/completions", json=CHAT,
+                                      headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200
+            async with live.http.get(f"{live.url}/metrics/prometheus") as resp:
+                text = await resp.text()
+            return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith("llm_proxy_trace_calls_")}
+
+        assert await call_and_scrape() == {"llm_proxy_trace_calls_queued": 1.0,
+                                           "llm_proxy_trace_calls_dropped_total": 0.0}
+        exporter.max_queue = 1  # one call already waits: the next one finds the queue full
+        assert await call_and_scrape() == {"llm_proxy_trace_calls_queued": 1.0,
+                                           "llm_proxy_trace_calls_dropped_total": 1.0}
+        await flush(live)
+        assert len({span.trace_id for span in receiver.spans}) == 1
 
     async def test_no_secret_or_content_reaches_the_spans(
             self, traced: tuple[LiveProxy, Receiver, list[dict[str, Any]]]) -> None:

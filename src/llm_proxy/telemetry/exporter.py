@@ -40,8 +40,13 @@ class SpanExporter(Protocol[R_contra]):
 
     loop: asyncio.AbstractEventLoop | None
     """The event loop the exporter works in, once something was submitted."""
+    dropped: int
+    """Records dropped since start, never exported (queue full, exporter unavailable)."""
 
     def submit(self, record: R_contra) -> None: ...
+
+    def queued(self) -> int:
+        """Records waiting to be exported (or handed on)."""
 
     async def flush(self) -> None:
         """Export everything submitted so far; returns when it was sent (or given up on)."""
@@ -63,6 +68,9 @@ class BatchingQueue(Generic[R]):
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closed = False
+
+    def queued(self) -> int:
+        return len(self._queue)
 
     def submit(self, record: R) -> None:
         queue = self._queue

@@ -90,6 +90,9 @@ BUS_PUBLISHED = _c("llm_proxy_events_published_total", "Events handed to the eve
 BUS_DROPPED = _c("llm_proxy_events_dropped_total", "Events lost because every queue and the spool were full.")
 BUS_SPOOLED = _c("llm_proxy_events_spooled_total", "Events written to the disk spool while Redis was away.")
 BUS_DEPTH = _g("llm_proxy_event_queue_depth", "Events waiting in the bus's in-process queues.")
+TRACE_QUEUED = _g("llm_proxy_trace_calls_queued", "Traced calls waiting in the workers to be handed to span export.")
+TRACE_DROPPED = _c("llm_proxy_trace_calls_dropped_total", "Traced calls whose spans were dropped in the workers: "
+                   "the export queue was full, or the exporter process was backed up or not running.")
 UPTIME = _g("llm_proxy_uptime_seconds", "Seconds since the oldest live worker started.", live="max")
 WORKERS = _g("llm_proxy_workers", "Live worker processes.")
 START_TIME = _g("llm_proxy_process_start_time_seconds", "Start time of the oldest live worker (Unix seconds).",
@@ -112,8 +115,8 @@ PYTHON_INFO = _g("llm_proxy_python_info", "Python of the workers (always 1).", "
 INSTRUMENTS: tuple[Instrument, ...] = (
     UPTIME, REQUESTS, ERRORS, CACHE_HITS, CACHE_MISSES, CACHE_BYPASS, CACHE_STORES, CACHE_EVICTIONS,
     REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, TTFT, TOKENS, COST, UNPRICED, AUTH_REJECTIONS, RATE_LIMITED,
-    BUS_PUBLISHED, BUS_DROPPED, BUS_SPOOLED, BUS_DEPTH, WORKERS, START_TIME, RESIDENT, VIRTUAL, CPU, OPEN_FDS,
-    THREADS, TASKS, GC_COLLECTIONS, GC_COLLECTED, LOOP_LAG, PYTHON_INFO,
+    BUS_PUBLISHED, BUS_DROPPED, BUS_SPOOLED, BUS_DEPTH, TRACE_QUEUED, TRACE_DROPPED, WORKERS, START_TIME, RESIDENT,
+    VIRTUAL, CPU, OPEN_FDS, THREADS, TASKS, GC_COLLECTIONS, GC_COLLECTED, LOOP_LAG, PYTHON_INFO,
 )
 TOKEN_TYPES = ("input", "output", "cached", "reasoning")
 
@@ -246,6 +249,8 @@ class RequestMetrics:
 
 
 BusStatsSource = Callable[[], Any]
+TraceStatsSource = Callable[[], tuple[int, int]]
+"""Traced calls queued in this worker and dropped since it started (`Tracing.stats`)."""
 
 
 class RuntimeMetrics:
@@ -259,11 +264,13 @@ class RuntimeMetrics:
         self.store = store
         self.telemetry = telemetry
         self.bus_stats = bus_stats
+        self.trace_stats: TraceStatsSource | None = None
+        """Set once tracing is built (it is built after the metrics)."""
         self.started = time.time()
         slot = store.slot
         self._slots = {i.name: slot(i.name, (), i.width) for i in (
-            BUS_PUBLISHED, BUS_DROPPED, BUS_SPOOLED, BUS_DEPTH, UPTIME, WORKERS, START_TIME, RESIDENT, VIRTUAL, CPU,
-            OPEN_FDS, THREADS, TASKS)}
+            BUS_PUBLISHED, BUS_DROPPED, BUS_SPOOLED, BUS_DEPTH, TRACE_QUEUED, TRACE_DROPPED, UPTIME, WORKERS,
+            START_TIME, RESIDENT, VIRTUAL, CPU, OPEN_FDS, THREADS, TASKS)}
         self._gc = [(slot(GC_COLLECTIONS.name, (str(g),)), slot(GC_COLLECTED.name, (str(g),))) for g in range(3)]
         info = slot(PYTHON_INFO.name, (platform.python_implementation(), platform.python_version()))
         store.values[info] = 1.0
@@ -290,6 +297,10 @@ class RuntimeMetrics:
             values[collections], values[collected] = runs, freed
         if self.bus_stats is not None:
             self._refresh_bus(values, slots)
+        if self.trace_stats is not None:
+            queued, dropped = self.trace_stats()
+            values[slots[TRACE_QUEUED.name]] = float(queued)
+            values[slots[TRACE_DROPPED.name]] = float(dropped)
 
     def _refresh_bus(self, values: memoryview[float], slots: dict[str, int]) -> None:
         stats = self.bus_stats() if self.bus_stats else None

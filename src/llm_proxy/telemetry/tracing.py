@@ -86,6 +86,10 @@ class Tracing:
             if entry.handler_id.startswith(self._handler_id):
                 telemetry.detach(entry.handler_id)
 
+    def stats(self) -> tuple[int, int]:
+        """Calls queued for export in this worker, and calls dropped here since it started (for the metrics)."""
+        return self.exporter.queued(), self.exporter.dropped
+
     async def flush(self) -> None:
         await self.exporter.flush()
 
