@@ -19,5 +19,6 @@ def test_every_queried_metric_exists_and_every_family_is_shown() -> None:
     assert queried <= declared, queried - declared
     assert {"llm_proxy_requests_total", "llm_proxy_cost_usd_total", "llm_proxy_tokens_total",
             "llm_proxy_overhead_seconds", "llm_proxy_time_to_first_token_seconds",
-            "llm_proxy_events_dropped_total", "llm_proxy_rate_limit_rejections_total"} <= queried
+            "llm_proxy_events_dropped_total", "llm_proxy_rate_limit_rejections_total",
+            "llm_proxy_trace_calls_dropped_total"} <= queried
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
