@@ -17,7 +17,7 @@ from llm_proxy.settings import load_settings
 from llm_proxy.telemetry import Telemetry, semconv, trace_context
 from llm_proxy.telemetry.call_spans import CallEncoder, CallRecord, QueuedRecord
 from llm_proxy.telemetry.exporter import MAX_RETRY_DELAY, OtlpHttpExporter, retry_delay
-from llm_proxy.telemetry.otlp import AttributeFields, ExportRequest, span, span_start, span_tail
+from llm_proxy.telemetry.otlp import AttributeFields, ExportRequest, span, span_lead, span_tail, times
 from llm_proxy.telemetry.trace_context import make_sampler, parse_parent, parse_tracestate
 from llm_proxy.telemetry.tracing import build_tracing
 from tests.telemetry.otlp_receiver import decode, otlp_receiver
@@ -147,7 +147,7 @@ class TestEncoding:
     def test_cached_attributes_keep_true_and_one_apart(self) -> None:
         field = AttributeFields().field
         parts = [field("b", True), field("i", 1), field("b", 1), field("i", True), field("none", None)]
-        encoded = span(span_start(b"\x01" * 16, b"\x02" * 8, b"", "", 1, 2), *parts, span_tail(False, False))
+        encoded = span(span_lead(b"\x01" * 16), b"\x02" * 8, times(1, 2), *parts, span_tail(False, False))
         (decoded,) = decode(ExportRequest({}, "s", "v")([encoded]))
         assert decoded.attributes == {"b": 1, "i": True}  # the later value of each key wins when decoded
         assert [type(v) for v in (field("b", True), field("b", 1))] == [bytes, bytes]

@@ -77,9 +77,6 @@ QueuedRecord = tuple[Any, ...]
 """A `CallRecord` as a plain tuple (`tuple(record)`), which is what waits in the export queue."""
 
 _AUTH_NAME = "llm_proxy.auth"
-_REQUEST_ID = otlp.attribute_prefix("llm_proxy.request_id")
-_COST = otlp.double_attribute_prefix("llm_proxy.cost_usd")
-_FIRST_CHUNK = otlp.double_attribute_prefix("gen_ai.response.time_to_first_chunk")
 
 
 class CallEncoder:
@@ -111,17 +108,18 @@ class CallEncoder:
     def __call__(self, queued: QueuedRecord) -> bytes:
         (ids, parent, trace_state, method, path, start, end, auth, upstream, children, status, request_id,
          project_id, token_id, cache_status, error_code, _, cost, _, _, _, _) = queued
-        lead = b"\x0a\x10" + ids[:16] + b"\x12\x08"
+        lead = otlp.span_lead(ids[:16])
         server_id = ids[16:24]
         state = self._trace_states.get(trace_state)
         if state is None:
             state = self._remember(self._trace_states, trace_state, otlp.trace_state_field(trace_state))
         key = (method, path, status, project_id, token_id, cache_status, error_code, bool(parent))
         head = self._server_heads.get(key) or self._remember(self._server_heads, key, self._server_head(*key))
-        out = [otlp.span(lead, server_id, otlp.times(start, end), state, b"\x22\x08" + parent if parent else b"",
-                         head, otlp.string_attribute(_REQUEST_ID, request_id),
-                         b"" if cost is None else _COST + otlp.double(cost))]
-        child_of = state + b"\x22\x08" + server_id
+        out = [otlp.span(lead, server_id, otlp.times(start, end), state,
+                         otlp.PARENT_SPAN_ID + parent if parent else b"", head,
+                         otlp.attribute("llm_proxy.request_id", request_id),
+                         b"" if cost is None else otlp.attribute("llm_proxy.cost_usd", cost))]
+        child_of = state + otlp.PARENT_SPAN_ID + server_id
         if auth is not None:
             auth_start, auth_end, error = auth
             head = self._auth_heads.get(error) or self._remember(self._auth_heads, error, self._auth_head(error))
@@ -178,7 +176,7 @@ class CallEncoder:
             found = {**found, **later} if found else later
         parts = [lead, ids[24:32], otlp.times(start, end), child_of, head, usage_block]
         if first_chunk is not None:
-            parts.append(_FIRST_CHUNK + otlp.double(max(first_chunk, 0.0)))
+            parts.append(otlp.attribute("gen_ai.response.time_to_first_chunk", max(first_chunk, 0.0)))
         if found:
             attribute = self.attribute
             parts += [otlp.attribute(k, v) if k in _UNIQUE else attribute(k, v) for k, v in found.items()]

@@ -66,10 +66,22 @@ def key_value(key: str, value: Any) -> bytes:
 
 
 _KEYS: dict[str, bytes] = {}
+_DOUBLE_HEADS: dict[str, bytes] = {}
 
 
 def attribute(key: str, value: Any) -> bytes:
-    """A `Span.attributes` entry (field 9), not cached: for values that never repeat."""
+    """A `Span.attributes` entry (field 9), not cached: for values that never repeat.
+
+    A float (a cost, a duration) is the entry's fixed head for its key, kept, and its 8 bytes.
+    """
+    if value.__class__ is float:
+        head = _DOUBLE_HEADS.get(key)
+        if head is None:
+            key_only = _field(b"\x0a", key.encode())
+            head = b"\x4a" + varint(len(key_only) + 11) + key_only + b"\x12\x09\x21"
+            if len(_DOUBLE_HEADS) < _MAX_CACHED:
+                _DOUBLE_HEADS[key] = head
+        return head + _DOUBLE(value)
     key_field = _KEYS.get(key)
     if key_field is None:
         key_field = _field(b"\x0a", key.encode())
@@ -126,41 +138,20 @@ def trace_state_field(trace_state: str) -> bytes:
     return _field(b"\x1a", trace_state.encode()) if trace_state else b""
 
 
-def span_start(trace_id: bytes, span_id: bytes, parent_id: bytes, trace_state: str, start: int, end: int) -> bytes:
-    """trace_id (16 bytes), span_id (8), trace_state, parent_span_id (8, or b"" for none) and the times."""
-    out = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id + times(start, end) + trace_state_field(trace_state)
-    return out + b"\x22\x08" + parent_id if parent_id else out
+PARENT_SPAN_ID = b"\x22\x08"
+"""The tag and length of `Span.parent_span_id` (field 4, 8 bytes), which the span id follows."""
+
+
+def span_lead(trace_id: bytes) -> bytes:
+    """`Span.trace_id` (16 bytes) and the tag and length of `span_id`: every span of a trace starts with this,
+    followed by its 8-byte span id."""
+    return b"\x0a\x10" + trace_id + b"\x12\x08"
 
 
 def span(*parts: bytes) -> bytes:
     """One `ScopeSpans.spans` entry (field 2) from the `Span` fields in `parts`."""
     body = b"".join(parts)
     return b"\x12" + varint(len(body)) + body
-
-
-def attribute_prefix(key: str) -> bytes:
-    """The key of a `KeyValue`, for `string_attribute`."""
-    return _field(b"\x0a", key.encode())
-
-
-def string_attribute(key_field: bytes, value: str) -> bytes:
-    """A `Span.attributes` entry with a string value, from its `attribute_prefix`; not cached."""
-    encoded = value.encode()
-    size = len(encoded)
-    if size < 120 and len(key_field) + size < 120:  # every length fits in one byte
-        return (bytes((0x4a, len(key_field) + size + 4)) + key_field + bytes((0x12, size + 2, 0x0a, size))
-                + encoded)
-    return _field(b"\x4a", key_field + _field(b"\x12", _field(b"\x0a", encoded)))
-
-
-def double_attribute_prefix(key: str) -> bytes:
-    """A `Span.attributes` entry with a double value but for the value's 8 bytes (`double(value)`)."""
-    key_field = attribute_prefix(key)
-    return b"\x4a" + varint(len(key_field) + 11) + key_field + b"\x12\x09\x21"
-
-
-def double(value: float) -> bytes:
-    return _DOUBLE(value)
 
 
 class ExportRequest:

@@ -43,7 +43,14 @@ from llm_proxy.telemetry.call_spans import (
 from llm_proxy.telemetry.events import Telemetry
 from llm_proxy.telemetry.exporter import OtlpHttpExporter, SpanExporter
 from llm_proxy.telemetry.otlp import ExportRequest
-from llm_proxy.telemetry.trace_context import Sampler, make_sampler, new_ids, new_span_id, parse_parent
+from llm_proxy.telemetry.trace_context import (
+    Sampler,
+    make_sampler,
+    new_ids,
+    new_span_id,
+    parse_parent,
+    traceparent,
+)
 
 _CHILDREN = ("llm_proxy.cache.lookup",)
 _CHILD_NAMES = {f"{prefix}.{phase}": prefix for prefix in _CHILDREN for phase in ("stop", "exception")}
@@ -114,8 +121,9 @@ class Tracing:
         parent = parse_parent(traceparent_header, tracestate) if traceparent_header else None
         if parent is None:
             ids = new_ids(40)
-            ctx.trace = (ids, b"", "", self.sampler(None, ids[:16]), [])
-            ctx.trace_id = ids[:16].hex()
+            trace_id = ids[:16]
+            ctx.trace = (ids, b"", "", self.sampler(None, trace_id), [])
+            ctx.trace_id = trace_id.hex()
         else:
             ids = parent.trace_id + new_ids(24)
             ctx.trace = (ids, parent.span_id, parent.trace_state, self.sampler(parent, parent.trace_id), [])
@@ -132,8 +140,7 @@ class Tracing:
         if trace is None:
             return []
         ids, _, trace_state, sampled, _ = trace
-        span_id = ids[24:32] if sampled else ids[16:24]
-        headers = [("traceparent", f"00-{ctx.trace_id}-{span_id.hex()}-{'01' if sampled else '00'}")]
+        headers = [("traceparent", traceparent(ctx.trace_id or "", ids[24:32] if sampled else ids[16:24], sampled))]
         if trace_state:
             headers.append(("tracestate", trace_state))
         return headers
