@@ -55,6 +55,17 @@ class FlakySink(InMemorySink):
         await super().send(records)
 
 
+def observed(sink: InMemorySink, service: str, bus: MemoryBus | None = None,
+             telemetry: Telemetry | None = None) -> tuple[MemoryBus, Dispatcher, list[Emitted]]:
+    """A dispatcher from a memory bus to `sink`, and the dispatcher telemetry events it emits."""
+    telemetry = telemetry if telemetry is not None else Telemetry()
+    emitted = recording(telemetry)
+    bus = bus if bus is not None else MemoryBus()
+    dispatcher = Dispatcher(bus.subscribe("d", group="g"), sink, light_transform, dispatcher_settings(),
+                            service=service, telemetry=telemetry)
+    return bus, dispatcher, emitted
+
+
 async def run_until(dispatcher: Dispatcher, done: Any) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run_until_stopped(stop))
@@ -66,11 +77,7 @@ async def run_until(dispatcher: Dispatcher, done: Any) -> None:
 
 
 async def test_a_delivered_batch_is_one_event_with_its_count_and_request_ids() -> None:
-    telemetry = Telemetry()
-    emitted = recording(telemetry)
-    bus = MemoryBus()
-    dispatcher = Dispatcher(bus.subscribe("d", group="g"), InMemorySink(), light_transform, dispatcher_settings(),
-                            service="file", telemetry=telemetry)
+    bus, dispatcher, emitted = observed(InMemorySink(), "file")
     for i in range(3):
         bus.publish(make_event(i))
     await run_until(dispatcher, lambda: bool(emitted))
@@ -82,11 +89,7 @@ async def test_a_delivered_batch_is_one_event_with_its_count_and_request_ids() -
 
 
 async def test_rejected_and_untransformable_events_are_failed_and_dead_lettered() -> None:
-    telemetry = Telemetry()
-    emitted = recording(telemetry)
-    bus = MemoryBus()
-    dispatcher = Dispatcher(bus.subscribe("d", group="g"), RejectingSink(), light_transform, dispatcher_settings(),
-                            service="lunary", telemetry=telemetry)
+    bus, dispatcher, emitted = observed(RejectingSink(), "lunary")
     for request_id in ("ok-1", "bad", "poison", "ok-2"):
         bus.publish(make_event(request_id=request_id))
     await run_until(dispatcher, lambda: len(emitted) == 3)
@@ -108,12 +111,8 @@ async def test_rejected_and_untransformable_events_are_failed_and_dead_lettered(
 
 
 async def test_a_retried_batch_that_gets_through_is_delivered_with_its_retries_and_nothing_failed() -> None:
-    telemetry = Telemetry()
-    emitted = recording(telemetry)
-    bus = MemoryBus()
     sink = FlakySink(outages=2)
-    dispatcher = Dispatcher(bus.subscribe("d", group="g"), sink, light_transform, dispatcher_settings(),
-                            service="helicone", telemetry=telemetry)
+    bus, dispatcher, emitted = observed(sink, "helicone")
     for i in range(4):
         bus.publish(make_event(i))
     await run_until(dispatcher, lambda: bool(emitted))
@@ -128,12 +127,8 @@ async def test_a_retried_batch_that_gets_through_is_delivered_with_its_retries_a
 
 
 async def test_events_still_failing_at_shutdown_are_failed_but_not_dead_lettered() -> None:
-    telemetry = Telemetry()
-    emitted = recording(telemetry)
-    bus = MemoryBus(claim_time=0.2)
     sink = DownSink(retry_after=30)
-    dispatcher = Dispatcher(bus.subscribe("d", group="g"), sink, light_transform, dispatcher_settings(),
-                            service="cloudwatch", telemetry=telemetry)
+    bus, dispatcher, emitted = observed(sink, "cloudwatch", MemoryBus(claim_time=0.2))
     for i in range(5):
         bus.publish(make_event(i))
     await run_until(dispatcher, lambda: sink.attempts == 1)
@@ -155,11 +150,8 @@ async def test_a_raising_handler_is_detached_and_every_event_is_still_acknowledg
         raise RuntimeError("handler bug")
 
     telemetry.attach("broken", DELIVERED, broken)
-    emitted = recording(telemetry)
-    bus = MemoryBus()
     sink = InMemorySink()
-    dispatcher = Dispatcher(bus.subscribe("d", group="g"), sink, light_transform, dispatcher_settings(),
-                            telemetry=telemetry)
+    bus, dispatcher, emitted = observed(sink, "file", telemetry=telemetry)
     bus.publish(make_event(0))
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run_until_stopped(stop))

@@ -168,10 +168,17 @@ async def read_all(response: UpstreamResponse) -> bytes:
         response.release()
 
 
-async def collect(response: UpstreamResponse, into: list[bytes]) -> None:
-    """Read the body into `into`, so what came before an error can be checked too."""
-    async for chunk in response.chunks():
-        into.append(chunk)
+async def collect(response: UpstreamResponse, into: list[bytes],
+                  after_each: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Read the body into `into` (so what came before an error can be checked too), awaiting `after_each`
+    after every chunk; the response is released at the end."""
+    try:
+        async for chunk in response.chunks():
+            into.append(chunk)
+            if after_each is not None:
+                await after_each()
+    finally:
+        response.release()
 
 
 async def get(client: Http1Upstream, path: str = "/models") -> bytes:
@@ -250,14 +257,12 @@ class TestAnswers:
         server = await wire.serve(respond)
         client = wire.client(base(server))
         received: list[bytes] = []
+
+        async def seen() -> None:
+            first_seen.set()
+
         async with asyncio.timeout(3):
-            response = await client.send("POST", "/chat/completions", [], b"{}")
-            try:
-                async for chunk in response.chunks():
-                    received.append(chunk)
-                    first_seen.set()
-            finally:
-                response.release()
+            await collect(await client.send("POST", "/chat/completions", [], b"{}"), received, seen)
             assert received == pieces
             assert await get(client) == b"".join(pieces)
         assert server.connections == 1
@@ -377,7 +382,6 @@ class TestBrokenConnections:
         received: list[bytes] = []
         with pytest.raises(UpstreamUnreachableError):
             await collect(response, received)
-        response.release()
         assert b"".join(received) == b"x" * 10
         assert await get(client) == b"ok"
         assert server.connections == 2
@@ -413,7 +417,6 @@ class TestBrokenConnections:
         started = time.monotonic()
         with pytest.raises(UpstreamUnreachableError):
             await collect(response, received)
-        response.release()
         assert received == [b"abc"]
         assert 0.25 < time.monotonic() - started < 1.5
 
@@ -504,14 +507,12 @@ class TestPool:
         server = await wire.serve(answer(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)))
         client = wire.client(base(server))
         received: list[bytes] = []
+
+        async def slowly() -> None:
+            await asyncio.sleep(0.1 if len(received) == 1 else 0.002)  # lets the buffer pass its mark
+
         async with asyncio.timeout(8):
-            response = await client.send("GET", "/files/big", [], b"")
-            try:
-                async for chunk in response.chunks():
-                    received.append(chunk)
-                    await asyncio.sleep(0.1 if len(received) == 1 else 0.002)  # lets the buffer pass its mark
-            finally:
-                response.release()
+            await collect(await client.send("GET", "/files/big", [], b""), received, slowly)
             assert b"".join(received) == body
             assert len(received) > 1
             assert await get(client) == body  # complete, so the connection went back to the pool
