@@ -42,7 +42,7 @@ class MetricsCollector:
         self.runtime.refresh()
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._refresh_loop(), name="metrics-refresh")
-        self._lag_task = loop.create_task(self._lag_loop(), name="metrics-loop-lag")
+        self._lag_task = loop.create_task(_lag_probe(self.runtime.observe_lag), name="metrics-loop-lag")
 
     def collect(self) -> Totals:
         self.runtime.refresh()
@@ -61,9 +61,6 @@ class MetricsCollector:
         self.telemetry.detach(f"{self._handler_id}.evicted")
         self.runtime.refresh()
         self.store.close()
-
-    async def _lag_loop(self) -> None:
-        await _lag_probe(self.runtime.observe_lag)
 
     async def _refresh_loop(self) -> None:
         while True:
