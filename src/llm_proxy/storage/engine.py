@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from llm_proxy.settings import StorageSettings
 
 CONNECT_TIMEOUT = 10.0
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WAL_SWITCH_ATTEMPTS = 60
 
 
 def create_engine(settings: StorageSettings) -> AsyncEngine:
@@ -78,7 +81,24 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch a database to WAL, waiting for another connection that is switching it at the same moment.
+
+    SQLite answers that race "database is locked" at once, without its busy timeout (seen when
+    several processes or engines open a new database together). The mode is kept in the file, so
+    the retry normally finds it switched. It blocks for at most about a second, only in that race.
+    """
+    for attempt in range(WAL_SWITCH_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt + 1 == WAL_SWITCH_ATTEMPTS:
+                raise
+            time.sleep(0.005 + 0.0005 * attempt)
