@@ -162,6 +162,8 @@ class ExportRequest:
         self._scope = _field(b"\x0a", _field(b"\x0a", scope_name.encode()) + _field(b"\x12", scope_version.encode()))
 
     def __call__(self, spans: list[bytes]) -> bytes:
-        scope_spans = self._scope + b"".join(spans)
-        resource_spans = self._resource + b"\x12" + varint(len(scope_spans)) + scope_spans
-        return b"\x0a" + varint(len(resource_spans)) + resource_spans
+        """The request body, in one join: a batch is hundreds of kilobytes, each copy of it costs."""
+        scope_size = len(self._scope) + sum(map(len, spans))
+        scope_head = b"\x12" + varint(scope_size)
+        resource_size = len(self._resource) + len(scope_head) + scope_size
+        return b"".join([b"\x0a" + varint(resource_size) + self._resource + scope_head + self._scope, *spans])
