@@ -68,6 +68,7 @@ class TracingSettings:
     capture_content: bool
     export_process: bool
     export_priority: str
+    native_encoder: bool
 
     @property
     def enabled(self) -> bool:
@@ -119,4 +120,7 @@ TRACING_VARS: tuple[Var, ...] = (
         "CPU priority of the exporter process: idle (runs only on CPU time nothing else wants, so export never "
         "slows requests; under sustained full load spans queue, then are dropped and counted), low (nice 10) "
         "or normal."),
+    Var("LLM_PROXY_TRACE_NATIVE_ENCODER", "native_encoder", parse_bool, True,
+        "Encode spans with the C encoder built with the package (same bytes, a fraction of the CPU); false, "
+        "or where it was not built, the pure-Python one. Captured message content always uses the Python one."),
 )

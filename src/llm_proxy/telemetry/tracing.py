@@ -34,10 +34,10 @@ from llm_proxy.settings import LogSettings, TracingSettings
 from llm_proxy.telemetry import semconv
 from llm_proxy.telemetry.call_spans import (
     MAX_DEFERRED_BODY,
-    CallEncoder,
     ChildRecord,
     QueuedRecord,
     body_attributes,
+    call_encoder,
     document_attributes,
 )
 from llm_proxy.telemetry.events import Telemetry
@@ -248,7 +248,8 @@ def build_otlp_exporter(settings: TracingSettings, upstream_url: str) -> OtlpHtt
                 "telemetry.sdk.version": __version__, **_pairs(settings.resource_attributes),
                 "service.name": settings.service_name, "service.version": __version__}
     headers = {"User-Agent": f"llm-proxy/{__version__}", **_pairs(settings.traces_headers or settings.headers)}
-    encoder = CallEncoder(upstream_url, semconv.names_for(settings.semconv_opt_in), settings.capture_content)
+    encoder = call_encoder(upstream_url, semconv.names_for(settings.semconv_opt_in), settings.capture_content,
+                           settings.native_encoder)
     return OtlpHttpExporter(_traces_url(settings), headers, settings.timeout,
                             ExportRequest(resource, "llm_proxy", __version__), encoder)
 

@@ -1,0 +1,648 @@
+/* The OTLP spans of one proxied call, encoded in C: the same bytes as call_spans.CallEncoder.
+ *
+ * The exporter process spends most of its CPU time turning call records into protobuf; on a
+ * small machine that time is taken from the proxy workers. This module does the same work as
+ * the pure-Python encoder (which stays the reference, the fallback where this does not build,
+ * and the encoder when message content is captured) without building intermediate byte strings:
+ * one growing buffer per encoder, length prefixes filled in when a nested message ends. The
+ * field order is exactly the Python encoder's, so the tests compare the two byte for byte.
+ */
+#include "_bodies.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#define RECORD_FIELDS 22
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+typedef struct {
+    PyObject_HEAD
+    Buf buf;
+    PyObject *server_address, *server_port, *cache_write_name;
+    PyObject *operations, *providers, *parameters, *loads, *decode_error;
+    Parameters request_parameters;
+    BodyNames body_names;
+} Encoder;
+
+/* Interned keys looked up in parsed bodies and written as attribute names. */
+static PyObject *s_response_id, *s_response_model, *s_finish_reasons, *s_input_messages, *s_output_messages;
+
+static int grow(Buf *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    char *data = PyMem_Realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int put(Buf *b, const void *bytes, Py_ssize_t n) {
+    if (grow(b, n) < 0) return -1;
+    memcpy(b->data + b->len, bytes, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static int put_byte(Buf *b, unsigned char c) { return put(b, &c, 1); }
+
+static int varint_size(uint64_t v) {
+    int n = 1;
+    while (v > 0x7F) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static void write_varint(char *at, uint64_t v) {
+    while (v > 0x7F) {
+        *at++ = (char)((v & 0x7F) | 0x80);
+        v >>= 7;
+    }
+    *at = (char)v;
+}
+
+static int put_varint(Buf *b, uint64_t v) {
+    int n = varint_size(v);
+    if (grow(b, n) < 0) return -1;
+    write_varint(b->data + b->len, v);
+    b->len += n;
+    return 0;
+}
+
+static int put_fixed64(Buf *b, unsigned char tag, uint64_t v) {
+    unsigned char out[9];
+    out[0] = tag;
+    for (int i = 0; i < 8; i++) out[1 + i] = (unsigned char)(v >> (8 * i));
+    return put(b, out, 9);
+}
+
+/* A length-delimited field: `begin` after its tag, `finish` once its payload is written. */
+static Py_ssize_t begin(Buf *b) { return b->len; }
+
+static int finish(Buf *b, Py_ssize_t mark) {
+    Py_ssize_t size = b->len - mark;
+    int n = varint_size((uint64_t)size);
+    if (grow(b, n) < 0) return -1;
+    memmove(b->data + mark + n, b->data + mark, (size_t)size);
+    write_varint(b->data + mark, (uint64_t)size);
+    b->len += n;
+    return 0;
+}
+
+static int put_field(Buf *b, unsigned char tag, const char *bytes, Py_ssize_t n) {
+    if (put_byte(b, tag) < 0 || put_varint(b, (uint64_t)n) < 0) return -1;
+    return put(b, bytes, n);
+}
+
+static int put_str_field(Buf *b, unsigned char tag, PyObject *text) {
+    Py_ssize_t n;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &n);
+    return utf8 == NULL ? -1 : put_field(b, tag, utf8, n);
+}
+
+static int put_bytes_object(Buf *b, PyObject *value) {
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "call record: ids must be bytes");
+        return -1;
+    }
+    return put(b, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+}
+
+/* An `AnyValue`, as otlp.any_value: booleans before ints, anything else as its str(). */
+static int put_any_value(Buf *b, PyObject *value) {
+    if (PyUnicode_Check(value)) return put_str_field(b, 0x0a, value);
+    if (PyBool_Check(value)) return put(b, value == Py_True ? "\x10\x01" : "\x10\x00", 2);
+    if (PyLong_Check(value)) {
+        unsigned long long v = PyLong_AsUnsignedLongLongMask(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        return put_byte(b, 0x18) < 0 ? -1 : put_varint(b, v);
+    }
+    if (PyFloat_Check(value)) {
+        unsigned char out[9] = {0x21};
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), (char *)out + 1, 1) < 0) return -1;
+        return put(b, out, 9);
+    }
+    if (PyList_Check(value) || PyTuple_Check(value)) {
+        PyObject *items = PySequence_Fast(value, "");
+        if (items == NULL || put_byte(b, 0x2a) < 0) {
+            Py_XDECREF(items);
+            return -1;
+        }
+        Py_ssize_t array = begin(b);
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(items); i++) {
+            Py_ssize_t item;
+            if (put_byte(b, 0x0a) < 0 || (item = begin(b), put_any_value(b, PySequence_Fast_GET_ITEM(items, i)) < 0)
+                || finish(b, item) < 0) {
+                Py_DECREF(items);
+                return -1;
+            }
+        }
+        Py_DECREF(items);
+        return finish(b, array);
+    }
+    PyObject *text = PyObject_Str(value);
+    if (text == NULL) return -1;
+    int result = put_str_field(b, 0x0a, text);
+    Py_DECREF(text);
+    return result;
+}
+
+/* A `Span.attributes` entry (field 9) whose value is an array or another object: nested, length prefixes
+ * filled in afterwards. */
+static int put_attribute_nested(Buf *b, const char *key, Py_ssize_t key_len, PyObject *value) {
+    if (put_byte(b, 0x4a) < 0) return -1;
+    Py_ssize_t entry = begin(b);
+    if (put_field(b, 0x0a, key, key_len) < 0 || put_byte(b, 0x12) < 0) return -1;
+    Py_ssize_t any = begin(b);
+    if (put_any_value(b, value) < 0 || finish(b, any) < 0) return -1;
+    return finish(b, entry);
+}
+
+/* A `Span.attributes` entry (field 9). With `skip_none`, None gives nothing (AttributeFields.field);
+ * without it None is written as "None" (otlp.attribute). Scalars, the common case, are sized first and
+ * written in one pass. */
+static int put_attribute(Buf *b, const char *key, Py_ssize_t key_len, PyObject *value, int skip_none) {
+    if (value == Py_None && skip_none) return 0;
+    unsigned char head[11];
+    int head_len;
+    const char *data = NULL;
+    Py_ssize_t data_len = 0;
+    if (PyUnicode_Check(value)) {
+        if ((data = PyUnicode_AsUTF8AndSize(value, &data_len)) == NULL) return -1;
+        head[0] = 0x0a;
+        write_varint((char *)head + 1, (uint64_t)data_len);
+        head_len = 1 + varint_size((uint64_t)data_len);
+    } else if (PyBool_Check(value)) {
+        head[0] = 0x10;
+        head[1] = value == Py_True;
+        head_len = 2;
+    } else if (PyLong_Check(value)) {
+        unsigned long long v = PyLong_AsUnsignedLongLongMask(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        head[0] = 0x18;
+        write_varint((char *)head + 1, v);
+        head_len = 1 + varint_size(v);
+    } else if (PyFloat_Check(value)) {
+        head[0] = 0x21;
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), (char *)head + 1, 1) < 0) return -1;
+        head_len = 9;
+    } else {
+        return put_attribute_nested(b, key, key_len, value);
+    }
+    uint64_t any_len = (uint64_t)head_len + (uint64_t)data_len;
+    uint64_t entry_len = 1 + (uint64_t)varint_size((uint64_t)key_len) + (uint64_t)key_len + 1
+                         + (uint64_t)varint_size(any_len) + any_len;
+    if (grow(b, 1 + varint_size(entry_len) + (Py_ssize_t)entry_len) < 0) return -1;
+    char *at = b->data + b->len;
+    *at++ = 0x4a;
+    write_varint(at, entry_len);
+    at += varint_size(entry_len);
+    *at++ = 0x0a;
+    write_varint(at, (uint64_t)key_len);
+    at += varint_size((uint64_t)key_len);
+    memcpy(at, key, (size_t)key_len);
+    at += key_len;
+    *at++ = 0x12;
+    write_varint(at, any_len);
+    at += varint_size(any_len);
+    memcpy(at, head, (size_t)head_len);
+    at += head_len;
+    if (data_len) memcpy(at, data, (size_t)data_len);
+    at += data_len;
+    b->len = at - b->data;
+    return 0;
+}
+
+#define ATTRIBUTE(b, key, value, skip_none) put_attribute((b), (key), (Py_ssize_t)(sizeof(key) - 1), (value), (skip_none))
+
+static int put_named_attribute(Buf *b, PyObject *key, PyObject *value, int skip_none) {
+    Py_ssize_t n;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(key, &n);
+    return utf8 == NULL ? -1 : put_attribute(b, utf8, n, value, skip_none);
+}
+
+static int put_times(Buf *b, PyObject *start, PyObject *end) {
+    unsigned long long s = PyLong_AsUnsignedLongLong(start);
+    if (s == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    unsigned long long e = PyLong_AsUnsignedLongLong(end);
+    if (e == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    return put_fixed64(b, 0x39, s) < 0 ? -1 : put_fixed64(b, 0x41, e);
+}
+
+/* Status (ERROR, or left unset) and flags, as otlp.span_tail. */
+static int put_tail(Buf *b, int error, int remote_parent) {
+    if (error && put(b, "\x7a\x02\x18\x02", 4) < 0) return -1;
+    return put(b, remote_parent ? "\x85\x01\x01\x03\x00\x00" : "\x85\x01\x01\x01\x00\x00", 6);
+}
+
+/* A span's name (field 5) and kind (field 6). */
+static int put_name_kind(Buf *b, PyObject *name, int kind) {
+    if (put_str_field(b, 0x2a, name) < 0) return -1;
+    unsigned char out[2] = {0x30, (unsigned char)kind};
+    return put(b, out, 2);
+}
+
+/* A span's name "<first> <second>" (f"{first} {second}") and its kind, without building the str. */
+static int put_joined_name_kind(Buf *b, PyObject *first, PyObject *second, int kind) {
+    if (!PyUnicode_CheckExact(first) || !PyUnicode_CheckExact(second)) {
+        PyObject *name = PyUnicode_FromFormat("%S %S", first, second);
+        if (name == NULL) return -1;
+        int result = put_name_kind(b, name, kind);
+        Py_DECREF(name);
+        return result;
+    }
+    Py_ssize_t n1, n2;
+    const char *s1 = PyUnicode_AsUTF8AndSize(first, &n1), *s2 = PyUnicode_AsUTF8AndSize(second, &n2);
+    if (s1 == NULL || s2 == NULL || put_byte(b, 0x2a) < 0 || put_varint(b, (uint64_t)(n1 + 1 + n2)) < 0
+        || put(b, s1, n1) < 0 || put_byte(b, ' ') < 0 || put(b, s2, n2) < 0)
+        return -1;
+    unsigned char out[2] = {0x30, (unsigned char)kind};
+    return put(b, out, 2);
+}
+
+/* The start of a span: its ScopeSpans entry tag, trace id and span id (otlp.span_lead). */
+static Py_ssize_t begin_span(Buf *b, const char *trace_id, const char *span_id, Py_ssize_t span_id_len) {
+    if (put_byte(b, 0x12) < 0) return -1;
+    Py_ssize_t mark = begin(b);
+    if (put(b, "\x0a\x10", 2) < 0 || put(b, trace_id, 16) < 0 || put(b, "\x12\x08", 2) < 0
+        || put(b, span_id, span_id_len) < 0)
+        return -1;
+    return mark;
+}
+
+static int put_trace_state(Buf *b, PyObject *trace_state) {
+    if (!PyUnicode_Check(trace_state)) {
+        PyErr_SetString(PyExc_TypeError, "call record: trace state must be a str");
+        return -1;
+    }
+    return PyUnicode_GET_LENGTH(trace_state) ? put_str_field(b, 0x1a, trace_state) : 0;
+}
+
+/* Trace state and parent of the server span's children. */
+static int put_child_of(Buf *b, PyObject *trace_state, const char *server_id) {
+    if (put_trace_state(b, trace_state) < 0 || put(b, "\x22\x08", 2) < 0) return -1;
+    return put(b, server_id, 8);
+}
+
+static int is_truthy(PyObject *value) { return value != Py_None && PyObject_IsTrue(value) == 1; }
+
+static int put_server_span(Buf *b, PyObject *const *r, const char *ids) {
+    PyObject *method = r[3], *path = r[4], *status = r[10], *error_code = r[15], *parent = r[1];
+    long code = PyLong_AsLong(status);
+    if (code == -1 && PyErr_Occurred()) return -1;
+    Py_ssize_t span = begin_span(b, ids, ids + 16, 8);
+    if (span < 0 || put_times(b, r[5], r[6]) < 0 || put_trace_state(b, r[2]) < 0) return -1;
+    int remote = is_truthy(parent);
+    if (remote && (put(b, "\x22\x08", 2) < 0 || put_bytes_object(b, parent) < 0)) return -1;
+    if (put_joined_name_kind(b, method, path, 2) < 0 || ATTRIBUTE(b, "http.request.method", method, 1) < 0 || ATTRIBUTE(b, "url.path", path, 1) < 0
+        || ATTRIBUTE(b, "http.response.status_code", status, 1) < 0
+        || ATTRIBUTE(b, "llm_proxy.project_id", r[12], 1) < 0 || ATTRIBUTE(b, "llm_proxy.token_id", r[13], 1) < 0
+        || ATTRIBUTE(b, "llm_proxy.cache_status", r[14], 1) < 0)
+        return -1;
+    int error = code >= 500 || (code >= 400 && is_truthy(error_code));
+    if (error) {
+        PyObject *type = is_truthy(error_code) ? Py_NewRef(error_code) : PyObject_Str(status);
+        if (type == NULL) return -1;
+        int failed = ATTRIBUTE(b, "error.type", type, 1);
+        Py_DECREF(type);
+        if (failed) return -1;
+    }
+    if (put_tail(b, error, remote) < 0 || ATTRIBUTE(b, "llm_proxy.request_id", r[11], 0) < 0) return -1;
+    if (r[17] != Py_None && ATTRIBUTE(b, "llm_proxy.cost_usd", r[17], 0) < 0) return -1;
+    return finish(b, span);
+}
+
+static int unpack(PyObject *value, Py_ssize_t size, PyObject *const **items, const char *what) {
+    if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != size) {
+        PyErr_Format(PyExc_TypeError, "call record: %s must be a tuple of %zd", what, size);
+        return -1;
+    }
+    *items = &PyTuple_GET_ITEM(value, 0);
+    return 0;
+}
+
+static int put_auth_span(Buf *b, PyObject *auth, const char *ids, PyObject *trace_state) {
+    PyObject *const *a;
+    if (unpack(auth, 3, &a, "auth") < 0) return -1;
+    static PyObject *auth_name;
+    if (auth_name == NULL && (auth_name = PyUnicode_InternFromString("llm_proxy.auth")) == NULL) return -1;
+    Py_ssize_t span = begin_span(b, ids, ids + 32, 8);
+    if (span < 0 || put_times(b, a[0], a[1]) < 0 || put_child_of(b, trace_state, ids + 16) < 0
+        || put_name_kind(b, auth_name, 1) < 0 || ATTRIBUTE(b, "error.type", a[2], 1) < 0
+        || put_tail(b, a[2] != Py_None, 0) < 0)
+        return -1;
+    return finish(b, span);
+}
+
+static int put_child_span(Buf *b, PyObject *child, const char *ids, PyObject *trace_state) {
+    PyObject *const *c;
+    if (unpack(child, 6, &c, "child span") < 0) return -1;
+    if (!PyBytes_Check(c[1])) {
+        PyErr_SetString(PyExc_TypeError, "call record: a child's span id must be bytes");
+        return -1;
+    }
+    Py_ssize_t span = begin_span(b, ids, PyBytes_AS_STRING(c[1]), PyBytes_GET_SIZE(c[1]));
+    if (span < 0 || put_times(b, c[2], c[3]) < 0 || put_child_of(b, trace_state, ids + 16) < 0
+        || put_name_kind(b, c[0], 1) < 0)
+        return -1;
+    PyObject *pairs = PySequence_Fast(c[5], "call record: child attributes must be a sequence");
+    if (pairs == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(pairs); i++) {
+        PyObject *const *pair;
+        if (unpack(PySequence_Fast_GET_ITEM(pairs, i), 2, &pair, "child attribute") < 0
+            || put_named_attribute(b, pair[0], pair[1], 1) < 0) {
+            Py_DECREF(pairs);
+            return -1;
+        }
+    }
+    Py_DECREF(pairs);
+    if (c[4] != Py_None && ATTRIBUTE(b, "error.type", c[4], 1) < 0) return -1;
+    if (put_tail(b, c[4] != Py_None, 0) < 0) return -1;
+    return finish(b, span);
+}
+
+/* The CLIENT span's attributes read from the bodies, merged over those the worker read early. */
+static PyObject *client_attributes(Encoder *self, PyObject *const *r) {
+    PyObject *early = r[21];
+    if (!is_truthy(r[19]) && !is_truthy(r[20])) return Py_NewRef(early);
+    PyObject *found = PyDict_New();
+    if (found == NULL) return NULL;
+    if (is_truthy(early) && PyDict_Update(found, early) < 0) goto error;
+    if (request_body_attributes(&self->request_parameters, &self->body_names, found, r[19]) < 0
+        || response_body_attributes(&self->body_names, found, r[20]) < 0)
+        goto error;
+    return found;
+error:
+    Py_DECREF(found);
+    return NULL;
+}
+
+static int is_space(PyObject *text, Py_ssize_t at) {
+    return Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(text, at));
+}
+
+/* The CLIENT span's name and kind: f"{operation} {model or ''}".strip() for GenAI paths, else
+ * "<method> <path>"; written directly unless there is whitespace to strip. */
+static int put_client_name_kind(Buf *b, PyObject *operation, PyObject *method, PyObject *path, PyObject *model) {
+    if (operation == NULL) return put_joined_name_kind(b, method, path, 3);
+    int has_model = is_truthy(model);
+    if (PyUnicode_CheckExact(operation) && PyUnicode_GET_LENGTH(operation) && !is_space(operation, 0)) {
+        if (!has_model && !is_space(operation, PyUnicode_GET_LENGTH(operation) - 1))
+            return put_name_kind(b, operation, 3);
+        if (has_model && PyUnicode_CheckExact(model) && !is_space(model, PyUnicode_GET_LENGTH(model) - 1))
+            return put_joined_name_kind(b, operation, model, 3);
+    }
+    PyObject *joined = has_model ? PyUnicode_FromFormat("%S %S", operation, model)
+                                 : PyUnicode_FromFormat("%S ", operation);
+    if (joined == NULL) return -1;
+    PyObject *name = PyObject_CallMethod(joined, "strip", NULL);
+    Py_DECREF(joined);
+    if (name == NULL) return -1;
+    int result = put_name_kind(b, name, 3);
+    Py_DECREF(name);
+    return result;
+}
+
+static int put_client_head(Encoder *self, Buf *b, PyObject *const *r, PyObject *const *u) {
+    PyObject *method = r[3], *path = r[4], *status = r[10], *provider = u[2], *model = u[3];
+    PyObject *operation = PyDict_GetItemWithError(self->operations, path);
+    if (operation == NULL && PyErr_Occurred()) return -1;
+    if (put_client_name_kind(b, operation, method, path, model) < 0) return -1;
+    PyObject *provider_name = PyDict_GetItemWithError(self->providers, provider);
+    if (provider_name == NULL && PyErr_Occurred()) return -1;
+    if (ATTRIBUTE(b, "server.address", self->server_address, 1) < 0
+        || ATTRIBUTE(b, "server.port", self->server_port, 1) < 0
+        || ATTRIBUTE(b, "gen_ai.provider.name", provider_name ? provider_name : provider, 1) < 0
+        || ATTRIBUTE(b, "gen_ai.request.stream", r[18], 1) < 0
+        || (operation != NULL && ATTRIBUTE(b, "gen_ai.operation.name", operation, 1) < 0)
+        || (is_truthy(model) && ATTRIBUTE(b, "gen_ai.request.model", model, 1) < 0)
+        || ATTRIBUTE(b, "http.response.status_code", status, 1) < 0)
+        return -1;
+    long code = PyLong_AsLong(status);
+    if (code == -1 && PyErr_Occurred()) return -1;
+    if (code >= 400) {
+        PyObject *type = PyObject_Str(status);
+        if (type == NULL) return -1;
+        int failed = ATTRIBUTE(b, "error.type", type, 1);
+        Py_DECREF(type);
+        if (failed) return -1;
+    }
+    return put_tail(b, code >= 400, 0);
+}
+
+static int put_usage(Buf *b, PyObject *usage) {
+    PyObject *const *n;
+    if (usage == Py_None) return 0;
+    if (unpack(usage, 4, &n, "usage") < 0) return -1;
+    return ATTRIBUTE(b, "gen_ai.usage.input_tokens", n[0], 1) < 0
+        || ATTRIBUTE(b, "gen_ai.usage.output_tokens", n[1], 1) < 0
+        || ATTRIBUTE(b, "gen_ai.usage.cache_read.input_tokens", n[2], 1) < 0
+        || ATTRIBUTE(b, "gen_ai.usage.reasoning.output_tokens", n[3], 1) < 0 ? -1 : 0;
+}
+
+static int put_first_chunk(Buf *b, PyObject *first_chunk) {
+    if (first_chunk == Py_None) return 0;
+    PyObject *zero = PyFloat_FromDouble(0.0);
+    if (zero == NULL) return -1;
+    int below = PyObject_RichCompareBool(zero, first_chunk, Py_GT);  /* max(first_chunk, 0.0) */
+    int result = below < 0 ? -1 : ATTRIBUTE(b, "gen_ai.response.time_to_first_chunk", below ? zero : first_chunk, 0);
+    Py_DECREF(zero);
+    return result;
+}
+
+static int is_unique_key(PyObject *key) {
+    if (key == s_response_id || key == s_input_messages || key == s_output_messages) return 1;
+    if (!PyUnicode_Check(key)) return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(key);
+    return (n == PyUnicode_GET_LENGTH(s_response_id) && PyUnicode_Compare(key, s_response_id) == 0)
+        || (n == PyUnicode_GET_LENGTH(s_input_messages) && PyUnicode_Compare(key, s_input_messages) == 0)
+        || (n == PyUnicode_GET_LENGTH(s_output_messages) && PyUnicode_Compare(key, s_output_messages) == 0);
+}
+
+/* The attributes read from the bodies; those that never repeat (otlp.attribute, not cached) write None as
+ * "None", the others leave it out. */
+static int put_found(Buf *b, PyObject *found) {
+    if (!is_truthy(found)) return 0;
+    if (PyDict_CheckExact(found)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(found, &pos, &key, &value)) {
+            if (put_named_attribute(b, key, value, !is_unique_key(key)) < 0) return -1;
+        }
+        return 0;
+    }
+    PyObject *items = PyMapping_Items(found);
+    if (items == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *const *pair = &PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 0);
+        if (put_named_attribute(b, pair[0], pair[1], !is_unique_key(pair[0])) < 0) {
+            Py_DECREF(items);
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    return 0;
+}
+
+static int put_client_span(Encoder *self, Buf *b, PyObject *const *r, const char *ids) {
+    PyObject *const *u;
+    if (unpack(r[8], 5, &u, "upstream") < 0) return -1;
+    Py_ssize_t span = begin_span(b, ids, ids + 24, 8);
+    if (span < 0 || put_times(b, u[0], u[1]) < 0 || put_child_of(b, r[2], ids + 16) < 0
+        || put_client_head(self, b, r, u) < 0 || put_usage(b, r[16]) < 0 || put_first_chunk(b, u[4]) < 0)
+        return -1;
+    PyObject *found = client_attributes(self, r);
+    if (found == NULL) return -1;
+    int failed = put_found(b, found);
+    Py_DECREF(found);
+    return failed ? -1 : finish(b, span);
+}
+
+static int put_call(Encoder *self, Buf *b, PyObject *record) {
+    PyObject *const *r;
+    if (unpack(record, RECORD_FIELDS, &r, "a queued record") < 0) return -1;
+    if (!PyBytes_Check(r[0]) || PyBytes_GET_SIZE(r[0]) != 40) {
+        PyErr_SetString(PyExc_ValueError, "call record: ids must be 40 bytes");
+        return -1;
+    }
+    const char *ids = PyBytes_AS_STRING(r[0]);
+    if (put_server_span(b, r, ids) < 0) return -1;
+    if (r[7] != Py_None && put_auth_span(b, r[7], ids, r[2]) < 0) return -1;
+    PyObject *children = PySequence_Fast(r[9], "call record: children must be a sequence");
+    if (children == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(children); i++) {
+        if (put_child_span(b, PySequence_Fast_GET_ITEM(children, i), ids, r[2]) < 0) {
+            Py_DECREF(children);
+            return -1;
+        }
+    }
+    Py_DECREF(children);
+    return r[8] == Py_None ? 0 : put_client_span(self, b, r, ids);
+}
+
+static PyObject *Encoder_call(PyObject *op, PyObject *args, PyObject *kwargs) {
+    Encoder *self = (Encoder *)op;
+    PyObject *record;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "the encoder takes one call record");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "encode", 1, 1, &record)) return NULL;
+    self->buf.len = 0;
+    if (put_call(self, &self->buf, record) < 0) return NULL;
+    return PyBytes_FromStringAndSize(self->buf.data, self->buf.len);
+}
+
+static int Encoder_init(PyObject *op, PyObject *args, PyObject *kwargs) {
+    Encoder *self = (Encoder *)op;
+    static char *names[] = {"server_address", "server_port", "cache_write_name", "operations", "providers",
+                            "parameters", "loads", "decode_error", NULL};
+    PyObject *address, *port, *cache_write, *operations, *providers, *parameters, *loads, *decode_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UO!UO!O!O!OO", names, &address, &PyLong_Type, &port,
+                                     &cache_write, &PyDict_Type, &operations, &PyDict_Type, &providers,
+                                     &PyDict_Type, &parameters, &loads, &decode_error))
+        return -1;
+    Py_XSETREF(self->server_address, Py_NewRef(address));
+    Py_XSETREF(self->server_port, Py_NewRef(port));
+    Py_XSETREF(self->cache_write_name, Py_NewRef(cache_write));
+    Py_XSETREF(self->operations, Py_NewRef(operations));
+    Py_XSETREF(self->providers, Py_NewRef(providers));
+    Py_XSETREF(self->parameters, Py_NewRef(parameters));
+    Py_XSETREF(self->loads, Py_NewRef(loads));
+    Py_XSETREF(self->decode_error, Py_NewRef(decode_error));
+    self->body_names = (BodyNames){.loads = self->loads, .decode_error = self->decode_error,
+                                   .cache_write_name = self->cache_write_name, .response_id = s_response_id,
+                                   .response_model = s_response_model, .finish_reasons = s_finish_reasons};
+    return parameters_init(&self->request_parameters, self->parameters);
+}
+
+static int Encoder_traverse(PyObject *op, visitproc visit, void *arg) {
+    Encoder *self = (Encoder *)op;
+    Py_VISIT(self->server_address);
+    Py_VISIT(self->server_port);
+    Py_VISIT(self->cache_write_name);
+    Py_VISIT(self->operations);
+    Py_VISIT(self->providers);
+    Py_VISIT(self->parameters);
+    Py_VISIT(self->loads);
+    Py_VISIT(self->decode_error);
+    return 0;
+}
+
+static int Encoder_clear(PyObject *op) {
+    Encoder *self = (Encoder *)op;
+    Py_CLEAR(self->server_address);
+    Py_CLEAR(self->server_port);
+    Py_CLEAR(self->cache_write_name);
+    Py_CLEAR(self->operations);
+    Py_CLEAR(self->providers);
+    Py_CLEAR(self->parameters);
+    Py_CLEAR(self->loads);
+    Py_CLEAR(self->decode_error);
+    parameters_clear(&self->request_parameters);
+    return 0;
+}
+
+static void Encoder_dealloc(PyObject *op) {
+    Encoder *self = (Encoder *)op;
+    PyObject_GC_UnTrack(op);
+    Encoder_clear(op);
+    PyMem_Free(self->buf.data);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "llm_proxy.telemetry._spans.Encoder",
+    .tp_doc = PyDoc_STR("Encoder(server_address, server_port, cache_write_name, operations, providers, "
+                        "parameters, loads, decode_error)(record) -> the call's spans, as CallEncoder without "
+                        "captured content."),
+    .tp_basicsize = sizeof(Encoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = Encoder_init,
+    .tp_call = Encoder_call,
+    .tp_traverse = Encoder_traverse,
+    .tp_clear = Encoder_clear,
+    .tp_dealloc = Encoder_dealloc,
+};
+
+static struct PyModuleDef spans_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_spans",
+    .m_doc = PyDoc_STR("The OTLP spans of a proxied call, encoded in C (see call_spans.CallEncoder)."),
+    .m_size = -1,
+};
+
+static int intern_all(void) {
+    struct { PyObject **slot; const char *text; } strings[] = {
+        {&s_response_id, "gen_ai.response.id"}, {&s_response_model, "gen_ai.response.model"},
+        {&s_finish_reasons, "gen_ai.response.finish_reasons"}, {&s_input_messages, "gen_ai.input.messages"},
+        {&s_output_messages, "gen_ai.output.messages"},
+    };
+    for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
+        if (*strings[i].slot == NULL && (*strings[i].slot = PyUnicode_InternFromString(strings[i].text)) == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__spans(void) {
+    if (intern_all() < 0 || PyType_Ready(&EncoderType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&spans_module);
+    if (module == NULL) return NULL;
+    if (PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
