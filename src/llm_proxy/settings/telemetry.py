@@ -121,6 +121,7 @@ TRACING_VARS: tuple[Var, ...] = (
         "slows requests; under sustained full load spans queue, then are dropped and counted), low (nice 10) "
         "or normal."),
     Var("LLM_PROXY_TRACE_NATIVE_ENCODER", "native_encoder", parse_bool, True,
-        "Encode spans with the C encoder built with the package (same bytes, a fraction of the CPU); false, "
-        "or where it was not built, the pure-Python one. Captured message content always uses the Python one."),
+        "Use the C extension built with the package: the worker packs call records for the exporter process, "
+        "which encodes spans (same bytes as the pure-Python code, a fraction of the CPU); false, or where it "
+        "was not built, the pure-Python code. Captured message content is always encoded in Python."),
 )

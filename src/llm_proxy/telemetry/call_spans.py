@@ -12,6 +12,7 @@ tracked, a second's worth of records would be walked and aged by every collectio
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
@@ -205,20 +206,28 @@ def server_attributes(upstream_url: str) -> dict[str, Any]:
     return {"server.address": parts.hostname or "", "server.port": port}
 
 
+def _native() -> ModuleType | None:
+    try:
+        from llm_proxy.telemetry import _spans
+    except ImportError:  # built without a C compiler: the pure-Python paths are used
+        return None
+    return _spans
+
+
+NATIVE = _native()
+"""The C extension (`_spans.c`: the span encoder; `_records.c`: records packed for the exporter pipe), if built."""
+
+
 def call_encoder(upstream_url: str, names: semconv.GenAiNames, capture_content: bool,
                  native: bool = True) -> Callable[[QueuedRecord], bytes]:
     """The encoder of call records: the C one (`_spans.c`, same bytes, several times faster) where it was
     built, `native` is on and message content is not captured; else `CallEncoder`."""
-    if native and not capture_content:
-        try:
-            from llm_proxy.telemetry import _spans
-        except ImportError:
-            pass
-        else:
-            server = server_attributes(upstream_url)
-            return _spans.Encoder(server["server.address"], server["server.port"], names.cache_write_tokens,
-                                  semconv.OPERATIONS, semconv.PROVIDERS, semconv.REQUEST_PARAMETERS, orjson.loads,
-                                  orjson.JSONDecodeError)
+    if native and not capture_content and NATIVE is not None:
+        server = server_attributes(upstream_url)
+        encoder: Callable[[QueuedRecord], bytes] = NATIVE.Encoder(
+            server["server.address"], server["server.port"], names.cache_write_tokens, semconv.OPERATIONS,
+            semconv.PROVIDERS, semconv.REQUEST_PARAMETERS, orjson.loads, orjson.JSONDecodeError)
+        return encoder
     return CallEncoder(upstream_url, names, capture_content)
 
 

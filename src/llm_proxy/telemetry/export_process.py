@@ -3,15 +3,17 @@
 Encoding a call's spans as protobuf costs a proxy worker about as much CPU as recording them,
 so by default (`LLM_PROXY_TRACE_EXPORT_PROCESS=true`) each worker starts one exporter child,
 `python -m llm_proxy.telemetry.export_process`, and writes its records to the child's stdin in
-batches (`marshal`, a few hundred records per write). The child runs the same
+batches (a few hundred records per write). The child runs the same
 `OtlpHttpExporter` as the in-process mode (queue, batches, retries, counted losses), so spans,
 limits and log lines are the same either way; the worker's event loop never encodes or posts.
 
 Frames on the pipe: one kind byte, a 4-byte big-endian length, the payload.
 `S` (first, once) the JSON spec: tracing and log settings and the upstream URL — on the pipe
-rather than in argv, where OTLP header secrets would show in `ps`; `R` a marshalled list of
-records; `F` a flush request whose payload the child writes back as one line on stdout once
-everything before it was exported (or given up on).
+rather than in argv, where OTLP header secrets would show in `ps`; `P` records packed by the C
+extension (`_records.c`: the worker builds each call's record packed, without a tuple), one after
+another, or, where the extension was not built, `R` a marshalled list of records; `F` a flush
+request whose payload the child writes back as one line on stdout once everything before it was
+exported (or given up on).
 
 The child lowers its own CPU priority (`LLM_PROXY_TRACE_EXPORT_PRIORITY`, `idle` by default: a
 SCHED_IDLE process only runs on CPU time no other process wants), so exporting never takes CPU
@@ -54,7 +56,7 @@ MARSHAL_VERSION = 2
 MAX_BACKLOG_BYTES = 8 * 1024 * 1024
 """Bytes written to the child and not yet read by it, above which batches are dropped."""
 _HEADER = struct.Struct(">cI")
-_SPEC, _RECORDS, _FLUSH = b"S", b"R", b"F"
+_SPEC, _RECORDS, _PACKED, _FLUSH = b"S", b"R", b"P", b"F"
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -64,12 +66,14 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 class ProcessSpanExporter(BatchingQueue[Any]):
     """A `SpanExporter` whose records are encoded and posted by a child process (see module doc).
 
+    Records are tuples; with `packed`, also the bytes of `_spans.pack_call` (tuples are packed at hand-over).
     Counts, in the worker: `sent` (records written to the child) and `dropped` (queue full,
     pipe backed up, child gone). What the collector accepted is counted and logged by the child.
     """
 
     def __init__(self, tracing: TracingSettings, log_settings: LogSettings, upstream_url: str, *,
-                 max_queue: int = 4096, batch_size: int = 256, delay: float = 0.2) -> None:
+                 max_queue: int = 4096, batch_size: int = 256, delay: float = 0.2, packed: bool = False) -> None:
+        self.packed = packed
         self.spec = orjson.dumps({"tracing": dataclasses.asdict(tracing), "log": dataclasses.asdict(log_settings),
                                   "upstream_url": upstream_url})
         super().__init__(max_queue=max_queue, batch_size=batch_size, delay=delay)
@@ -120,7 +124,8 @@ class ProcessSpanExporter(BatchingQueue[Any]):
                 self._lose(len(batch), "the exporter process is not keeping up")
                 continue
             try:
-                child.stdin.write(frame(_RECORDS, marshal.dumps(batch, MARSHAL_VERSION)))
+                child.stdin.write(frame(_PACKED, _packed(batch)) if self.packed
+                                  else frame(_RECORDS, marshal.dumps(batch, MARSHAL_VERSION)))
             except (ConnectionError, RuntimeError) as exc:
                 self._lose(len(batch), f"the exporter process went away ({exc!r})")
                 continue
@@ -185,6 +190,24 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | Non
         return None
 
 
+def _packed(batch: list[Any]) -> bytes:
+    from llm_proxy.telemetry.call_spans import NATIVE
+
+    assert NATIVE is not None, "packed records need the C extension"
+    return b"".join([record if record.__class__ is bytes else NATIVE.pack(record) for record in batch])
+
+
+def _read_records(kind: bytes, payload: bytes) -> list[Any]:
+    if kind == _RECORDS:
+        records: list[Any] = marshal.loads(payload)  # noqa: S302 - written by our own worker, on a private pipe
+        return records
+    from llm_proxy.telemetry.call_spans import NATIVE
+
+    if NATIVE is None:
+        raise RuntimeError("packed records, but the C extension is not built in this process")
+    return NATIVE.unpack(payload)  # type: ignore[no-any-return]
+
+
 def lower_priority(priority: str) -> None:
     """The child's CPU priority (`LLM_PROXY_TRACE_EXPORT_PRIORITY`); kept as it is where the system refuses."""
     try:
@@ -230,9 +253,9 @@ async def _serve_pipe() -> int:
             if item is None:
                 break
             kind, payload = item
-            if kind == _RECORDS:
+            if kind in (_RECORDS, _PACKED):
                 with no_gc():  # a batch is hundreds of tuples: left on, the collector would run every few records
-                    records = marshal.loads(payload)  # noqa: S302 - written by our own worker, on a private pipe
+                    records = _read_records(kind, payload)
                 for record in records:
                     exporter.submit(record)
             elif kind == _FLUSH:

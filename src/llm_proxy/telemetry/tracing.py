@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -34,6 +34,7 @@ from llm_proxy.settings import LogSettings, TracingSettings
 from llm_proxy.telemetry import semconv
 from llm_proxy.telemetry.call_spans import (
     MAX_DEFERRED_BODY,
+    NATIVE,
     ChildRecord,
     QueuedRecord,
     body_attributes,
@@ -57,6 +58,9 @@ _CHILD_NAMES = {f"{prefix}.{phase}": prefix for prefix in _CHILDREN for phase in
 _CHILD_ATTRIBUTES = ("result", "status", "cache_status")
 _NO_CHILDREN: tuple[ChildRecord, ...] = ()
 
+PackCall = Callable[[RequestContext, Any, dict[str, Any], dict[str, Any], int, float, int], bytes | None]
+"""`_spans.pack_call`: `Tracing._record`'s record packed for the exporter pipe, or None for large bodies."""
+
 CallTrace = tuple[bytes, bytes, str, bool, list[ChildRecord]]
 """What `start` keeps on `RequestContext.trace`: the ids (trace id, then the server, client and auth
 span ids: 40 bytes), the remote parent span id (b"" for none), the `tracestate`, whether the call
@@ -72,12 +76,15 @@ class Tracing:
     endpoint asked for the headers to propagate, `propagation_headers`) and `upstream_finished`.
     """
 
-    def __init__(self, exporter: SpanExporter[QueuedRecord], sampler: Sampler, *, names: semconv.GenAiNames,
-                 capture_content: bool, defer_bodies: bool = False) -> None:
+    def __init__(self, exporter: SpanExporter[Any], sampler: Sampler, *, names: semconv.GenAiNames,
+                 capture_content: bool, defer_bodies: bool = False, packed: bool = False) -> None:
         self.exporter = exporter
         self.defer_bodies = defer_bodies
         """Leave the span attributes in the bodies to the encoder (it runs in another process), rather
         than read them here from the documents the endpoint parsed."""
+        self.pack_call: PackCall | None = NATIVE.pack_call if packed and NATIVE is not None and defer_bodies else None
+        """Records are packed in C for the exporter pipe (`_records.c`), built straight from the call (as
+        `_record` builds them) rather than as tuples then marshalled."""
         self.sampler = sampler
         self.names = names
         self.capture_content = capture_content
@@ -160,17 +167,23 @@ class Tracing:
         trace[4].append((_CHILD_NAMES[name], new_span_id(), end - int(m["duration"] * 1e9), end, error,
                          attributes))
 
-    def end(self, ctx: RequestContext, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
+    def end(self, ctx: RequestContext, m: dict[str, Any], md: dict[str, Any]) -> None:
         """A call ended (`m` and `md`: the measurements and metadata of its stop or exception event)."""
         trace = ctx.trace
         if trace is not None and trace[3]:
-            self.exporter.submit(self._record(ctx, trace, m, md))
+            end, now = time.time_ns(), time.monotonic()
+            pack_call = self.pack_call
+            if pack_call is None:
+                self.exporter.submit(self._record(ctx, trace, m, md, end, now))
+                return
+            packed = pack_call(ctx, trace, m, md, end, now, MAX_DEFERRED_BODY)
+            # None: a body too large to leave to the exporter, read now by `_record` (packed at hand-over)
+            self.exporter.submit(packed if packed is not None else self._record(ctx, trace, m, md, end, now))
 
-    def _record(self, ctx: RequestContext, trace: CallTrace, m: Mapping[str, Any],
-                md: Mapping[str, Any]) -> QueuedRecord:
-        """The fields of a `CallRecord`, as a plain tuple (see call_spans); times in ns since the epoch."""
-        end = time.time_ns()
-        now = time.monotonic()
+    def _record(self, ctx: RequestContext, trace: CallTrace, m: Mapping[str, Any], md: Mapping[str, Any],
+                end: int, now: float) -> QueuedRecord:
+        """The fields of a `CallRecord`, as a plain tuple (see call_spans); times in ns since the epoch, from
+        `end` (`time.time_ns()`) and `now` (`time.monotonic()`), read together as the call ended."""
         started = end - int((now - ctx.started) * 1e9)
         auth = None
         auth_started = ctx.auth_started
@@ -231,15 +244,17 @@ def build_tracing(settings: TracingSettings, upstream_url: str, exporter: SpanEx
     if exporter is None and not settings.enabled:
         return None
     in_child = exporter is None and settings.export_process
+    packed = in_child and settings.native_encoder and NATIVE is not None
     if in_child:
         from llm_proxy.telemetry.export_process import ProcessSpanExporter
 
-        exporter = ProcessSpanExporter(settings, log_settings or LogSettings("info", "json", ""), upstream_url)
+        exporter = ProcessSpanExporter(settings, log_settings or LogSettings("info", "json", ""), upstream_url,
+                                       packed=packed)
     elif exporter is None:
         exporter = build_otlp_exporter(settings, upstream_url)
     return Tracing(exporter, make_sampler(settings.sampler, settings.sampler_arg),
                    names=semconv.names_for(settings.semconv_opt_in), capture_content=settings.capture_content,
-                   defer_bodies=in_child)
+                   defer_bodies=in_child, packed=packed)
 
 
 def build_otlp_exporter(settings: TracingSettings, upstream_url: str) -> OtlpHttpExporter[QueuedRecord]:
