@@ -16,37 +16,19 @@
  * l list (u32 count, items), D dict (u32 count, key and value pairs).
  */
 #include "_records.h"
+#include "_protobuf.h"
 
 #include <stdint.h>
 #include <string.h>
 
 #define MAX_NESTING 32
 
-typedef struct {
-    char *data;
-    Py_ssize_t len, cap;
-} Out;
-
-static int reserve(Out *o, Py_ssize_t n) {
-    if (o->len + n <= o->cap) return 0;
-    Py_ssize_t cap = o->cap ? o->cap * 2 : 65536;
-    while (cap < o->len + n) cap *= 2;
-    char *data = PyMem_Realloc(o->data, (size_t)cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    o->data = data;
-    o->cap = cap;
-    return 0;
-}
-
-static int put_tag_u32(Out *o, char tag, Py_ssize_t n) {
+static int put_tag_u32(Buf *o, char tag, Py_ssize_t n) {
     if (n > UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "record value too large for the exporter pipe");
         return -1;
     }
-    if (reserve(o, 5) < 0) return -1;
+    if (grow(o, 5) < 0) return -1;
     char *at = o->data + o->len;
     at[0] = tag;
     for (int i = 0; i < 4; i++) at[1 + i] = (char)((uint32_t)n >> (8 * i));
@@ -54,15 +36,15 @@ static int put_tag_u32(Out *o, char tag, Py_ssize_t n) {
     return 0;
 }
 
-static int put_sized(Out *o, char tag, const char *bytes, Py_ssize_t n) {
-    if (put_tag_u32(o, tag, n) < 0 || reserve(o, n) < 0) return -1;
+static int put_sized(Buf *o, char tag, const char *bytes, Py_ssize_t n) {
+    if (put_tag_u32(o, tag, n) < 0 || grow(o, n) < 0) return -1;
     memcpy(o->data + o->len, bytes, (size_t)n);
     o->len += n;
     return 0;
 }
 
-static int put_fixed(Out *o, char tag, uint64_t bits) {
-    if (reserve(o, 9) < 0) return -1;
+static int put_fixed(Buf *o, char tag, uint64_t bits) {
+    if (grow(o, 9) < 0) return -1;
     char *at = o->data + o->len;
     at[0] = tag;
     for (int i = 0; i < 8; i++) at[1 + i] = (char)(bits >> (8 * i));
@@ -70,9 +52,17 @@ static int put_fixed(Out *o, char tag, uint64_t bits) {
     return 0;
 }
 
-static int put_value(Out *o, PyObject *value, int depth);
+static int put_double(Buf *o, double value) {
+    unsigned char bytes[8];
+    uint64_t bits = 0;
+    if (PyFloat_Pack8(value, (char *)bytes, 1) < 0) return -1;
+    for (int i = 7; i >= 0; i--) bits = bits << 8 | bytes[i];
+    return put_fixed(o, 'd', bits);
+}
 
-static int put_items(Out *o, char tag, PyObject *sequence, int depth) {
+static int put_value(Buf *o, PyObject *value, int depth);
+
+static int put_items(Buf *o, char tag, PyObject *sequence, int depth) {
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
     if (put_tag_u32(o, tag, n) < 0) return -1;
@@ -82,7 +72,7 @@ static int put_items(Out *o, char tag, PyObject *sequence, int depth) {
     return 0;
 }
 
-static int put_int(Out *o, PyObject *value) {
+static int put_int(Buf *o, PyObject *value) {
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
@@ -96,14 +86,14 @@ static int put_int(Out *o, PyObject *value) {
     return result;
 }
 
-static int put_value(Out *o, PyObject *value, int depth) {
+static int put_value(Buf *o, PyObject *value, int depth) {
     if (depth > MAX_NESTING) {
         PyErr_SetString(PyExc_ValueError, "record nested too deeply for the exporter pipe");
         return -1;
     }
-    if (value == Py_None) return reserve(o, 1) < 0 ? -1 : (o->data[o->len++] = 'N', 0);
-    if (value == Py_True) return reserve(o, 1) < 0 ? -1 : (o->data[o->len++] = 'T', 0);
-    if (value == Py_False) return reserve(o, 1) < 0 ? -1 : (o->data[o->len++] = 'F', 0);
+    if (value == Py_None) return grow(o, 1) < 0 ? -1 : (o->data[o->len++] = 'N', 0);
+    if (value == Py_True) return grow(o, 1) < 0 ? -1 : (o->data[o->len++] = 'T', 0);
+    if (value == Py_False) return grow(o, 1) < 0 ? -1 : (o->data[o->len++] = 'F', 0);
     if (PyUnicode_Check(value)) {
         Py_ssize_t n;
         const char *utf8 = PyUnicode_AsUTF8AndSize(value, &n);
@@ -113,13 +103,7 @@ static int put_value(Out *o, PyObject *value, int depth) {
     if (PyByteArray_Check(value))
         return put_sized(o, 'b', PyByteArray_AS_STRING(value), PyByteArray_GET_SIZE(value));
     if (PyLong_Check(value)) return put_int(o, value);
-    if (PyFloat_Check(value)) {
-        unsigned char bytes[8];
-        uint64_t bits = 0;
-        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), (char *)bytes, 1) < 0) return -1;
-        for (int i = 7; i >= 0; i--) bits = bits << 8 | bytes[i];
-        return put_fixed(o, 'd', bits);
-    }
+    if (PyFloat_Check(value)) return put_double(o, PyFloat_AS_DOUBLE(value));
     if (PyTuple_Check(value)) return put_items(o, 't', value, depth);
     if (PyList_Check(value)) return put_items(o, 'l', value, depth);
     if (PyDict_Check(value)) {
@@ -135,16 +119,16 @@ static int put_value(Out *o, PyObject *value, int depth) {
     return -1;
 }
 
-static Out scratch;
+static Buf scratch;
 /* The buffer of `pack` and `pack_call`, kept between calls (the GIL is held throughout; no Python code
  * runs while it is filled). */
 
-static PyObject *take(Out *o, int status) {
+static PyObject *take(Buf *o, int status) {
     PyObject *packed = status == 0 ? PyBytes_FromStringAndSize(o->data, o->len) : NULL;
     o->len = 0;
     if (o->cap > (1 << 20)) {  /* a batch once packed whole: do not keep its size */
         PyMem_Free(o->data);
-        *o = (Out){0};
+        *o = (Buf){0};
     }
     return packed;
 }
@@ -200,14 +184,14 @@ static int epoch_ns(const Clock *clock, PyObject *reading, long long *out) {
     return 0;
 }
 
-static int put_span_times(Out *o, const Clock *clock, PyObject *start, PyObject *finish, long long *start_ns) {
+static int put_span_times(Buf *o, const Clock *clock, PyObject *start, PyObject *finish, long long *start_ns) {
     long long end_ns = clock->end;
     if (epoch_ns(clock, start, start_ns) < 0 || (finish != Py_None && epoch_ns(clock, finish, &end_ns) < 0)) return -1;
     if (put_fixed(o, 'i', (uint64_t)*start_ns) < 0) return -1;
     return put_fixed(o, 'i', (uint64_t)(end_ns > *start_ns ? end_ns : *start_ns));
 }
 
-static int put_auth(Out *o, const Clock *clock) {
+static int put_auth(Buf *o, const Clock *clock) {
     PyObject *started = PyObject_GetAttr(clock->ctx, n_auth_started);
     PyObject *finished = started == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_auth_finished);
     PyObject *token = finished == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_token_id);
@@ -229,16 +213,9 @@ static int put_auth(Out *o, const Clock *clock) {
     return result;
 }
 
-static int put_double(Out *o, double value) {
-    unsigned char bytes[8];
-    uint64_t bits = 0;
-    if (PyFloat_Pack8(value, (char *)bytes, 1) < 0) return -1;
-    for (int i = 7; i >= 0; i--) bits = bits << 8 | bytes[i];
-    return put_fixed(o, 'd', bits);
-}
 
 /* The CLIENT span's part: (start, end, provider, model, seconds to the first chunk of a stream). */
-static int put_upstream(Out *o, const Clock *clock, PyObject *m, PyObject *upstream_started, int streamed) {
+static int put_upstream(Buf *o, const Clock *clock, PyObject *m, PyObject *upstream_started, int streamed) {
     PyObject *finished = PyObject_GetAttr(clock->ctx, n_upstream_finished);
     PyObject *provider = finished == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_provider);
     PyObject *model = provider == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_model);
@@ -262,7 +239,7 @@ static int put_upstream(Out *o, const Clock *clock, PyObject *m, PyObject *upstr
     return result;
 }
 
-static int put_from(Out *o, PyObject *dict, PyObject *const *keys, int count) {
+static int put_from(Buf *o, PyObject *dict, PyObject *const *keys, int count) {
     for (int i = 0; i < count; i++) {
         PyObject *value = item(dict, keys[i]);
         if (value == NULL || put_value(o, value, 1) < 0) return -1;
@@ -270,7 +247,7 @@ static int put_from(Out *o, PyObject *dict, PyObject *const *keys, int count) {
     return 0;
 }
 
-static int put_usage(Out *o, PyObject *m, PyObject *md) {
+static int put_usage(Buf *o, PyObject *m, PyObject *md) {
     PyObject *known = item(md, k_usage_known);
     int has_usage = known == NULL ? -1 : PyObject_IsTrue(known);
     if (has_usage <= 0) return has_usage < 0 ? -1 : put_value(o, Py_None, 1);
@@ -279,7 +256,7 @@ static int put_usage(Out *o, PyObject *m, PyObject *md) {
 }
 
 /* The record's fields after the span times and parts: children to bodies (see Tracing._record). */
-static int put_outcome(Out *o, PyObject *trace, PyObject *m, PyObject *md, PyObject *stream, PyObject *request,
+static int put_outcome(Buf *o, PyObject *trace, PyObject *m, PyObject *md, PyObject *stream, PyObject *request,
                        PyObject *response) {
     PyObject *children = PyTuple_GET_ITEM(trace, 4);
     if (!PyList_Check(children)) {
@@ -294,7 +271,7 @@ static int put_outcome(Out *o, PyObject *trace, PyObject *m, PyObject *md, PyObj
     return put_value(o, Py_None, 1);
 }
 
-static int put_call(Out *o, const Clock *clock, PyObject *trace, PyObject *m, PyObject *md, PyObject *stream,
+static int put_call(Buf *o, const Clock *clock, PyObject *trace, PyObject *m, PyObject *md, PyObject *stream,
                     PyObject *upstream_started, PyObject *request, PyObject *response, int streamed) {
     PyObject *const head[2] = {k_method, k_path};
     long long started_ns;
