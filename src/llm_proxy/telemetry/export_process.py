@@ -45,6 +45,7 @@ import orjson
 
 from llm_proxy.bus.lograte import RateLimitedLog
 from llm_proxy.settings import LogSettings, TracingSettings
+from llm_proxy.telemetry.call_spans import NATIVE
 from llm_proxy.telemetry.exporter import BatchingQueue, no_gc
 
 log = logging.getLogger("llm_proxy.tracing")
@@ -191,8 +192,6 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | Non
 
 
 def _packed(batch: list[Any]) -> bytes:
-    from llm_proxy.telemetry.call_spans import NATIVE
-
     assert NATIVE is not None, "packed records need the C extension"
     return b"".join([record if record.__class__ is bytes else NATIVE.pack(record) for record in batch])
 
@@ -201,8 +200,6 @@ def _read_records(kind: bytes, payload: bytes) -> list[Any]:
     if kind == _RECORDS:
         records: list[Any] = marshal.loads(payload)  # noqa: S302 - written by our own worker, on a private pipe
         return records
-    from llm_proxy.telemetry.call_spans import NATIVE
-
     if NATIVE is None:
         raise RuntimeError("packed records, but the C extension is not built in this process")
     return NATIVE.unpack(payload)  # type: ignore[no-any-return]
