@@ -14,11 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_proxy.context import RequestContext
+from llm_proxy.settings import load_settings
 from llm_proxy.telemetry import semconv
+from llm_proxy.telemetry import tracing as tracing_module
 from llm_proxy.telemetry.call_spans import MAX_DEFERRED_BODY, NATIVE
 from llm_proxy.telemetry.trace_context import make_sampler
 from llm_proxy.telemetry.tracing import Tracing
 from tests.services import skip_or_fail
+from tests.telemetry.test_otlp import _Memory
 
 
 class _Discard:
@@ -134,3 +137,18 @@ def test_missing_event_values_raise_as_in_python(native: Any) -> None:
         native.pack_call(ctx, trace, {}, {"stream": False}, 10 ** 18, 2.0, MAX_DEFERRED_BODY)
     with pytest.raises(TypeError):
         native.pack_call(ctx, (1, 2), {}, {}, 10 ** 18, 2.0, MAX_DEFERRED_BODY)
+
+
+def test_tracing_says_so_when_the_extension_is_missing(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    settings = load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, require_management_token=False)
+    monkeypatch.setattr(tracing_module, "NATIVE", None)
+    tracing = tracing_module.build_tracing(settings.tracing, "https://api.example.com", exporter=_Memory())
+    assert tracing is not None
+    assert tracing.pack_call is None  # the Python record path
+    assert "the C extension (llm_proxy.telemetry._spans) is not built" in caplog.text
+    caplog.clear()
+    off = load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                         "LLM_PROXY_TRACE_NATIVE_ENCODER": "false"}, require_management_token=False)
+    tracing_module.build_tracing(off.tracing, "https://api.example.com", exporter=_Memory())
+    assert "not built" not in caplog.text

@@ -23,6 +23,7 @@ or attached (`build_tracing` returns None).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,6 +53,8 @@ from llm_proxy.telemetry.trace_context import (
     parse_parent,
     traceparent,
 )
+
+log = logging.getLogger("llm_proxy.tracing")
 
 _CHILDREN = ("llm_proxy.cache.lookup",)
 _CHILD_NAMES = {f"{prefix}.{phase}": prefix for prefix in _CHILDREN for phase in ("stop", "exception")}
@@ -243,6 +246,10 @@ def build_tracing(settings: TracingSettings, upstream_url: str, exporter: SpanEx
     """
     if exporter is None and not settings.enabled:
         return None
+    if settings.native_encoder and NATIVE is None:
+        log.warning("tracing: the C extension (llm_proxy.telemetry._spans) is not built, so spans are recorded "
+                    "and encoded in Python, at more CPU per call; reinstall with a C compiler and the Python "
+                    "headers (or set LLM_PROXY_TRACE_NATIVE_ENCODER=false to silence this)")
     in_child = exporter is None and settings.export_process
     packed = in_child and settings.native_encoder and NATIVE is not None
     if in_child:
