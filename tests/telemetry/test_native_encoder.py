@@ -61,6 +61,8 @@ BODIES = [
     b'{"a": "\\ud83d\\ude00", "seed": 1}', b'{"a": "\\ud800", "seed": 1}', b'{"a": "\\udc00", "seed": 1}',
     b'{"a": "\xed\xa0\x80", "seed": 1}', b'{"a": "\xc0\xaf", "seed": 1}', b'{"a": "\xf4\x90\x80\x80", "seed": 1}',
     b'{"a": "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "seed": 2}', b'{"a": "\x01"}', b'{"a": "\x7f", "seed": 3}',
+    b'{"seed": 1]', b'{"a": 1 "seed": 1}', b'{"a": [1 2], "seed": 1}', b'{"a": {"b": 1 "c": 2}, "seed": 1}',
+    b'{"a": [1, 2} , "seed": 1}',
     b'{"a": "\\x"}', b'{"a": "\\u12"}', b'{"a": [1,], "seed": 1}', b'{"a": 1,}', b'{"seed": 4} x', b'{"seed": 4}\n\t ',
     b"\xef\xbb\xbf{}", b'{"a": ' + b"[" * 1030 + b"]" * 1030 + b', "seed": 1}',
     b'{"a": ' + b"[" * 999 + b"]" * 999 + b', "seed": 1}',
@@ -97,6 +99,8 @@ def test_early_attributes_are_merged_under_those_read_later(encoders: tuple[Any,
              "x.none": None, "gen_ai.output.messages": "[]"}
     encoded = same(encoders, tuple(_record()._replace(body_attributes=early)))
     assert b"chatcmpl-1" in encoded and b"x.list" in encoded
+    alone = same(encoders, tuple(_record()._replace(body_attributes=early, request_body=b"", response_body=b"")))
+    assert b"None" in alone  # attributes that are never cached write None as "None", as otlp.attribute does
 
 
 def test_the_encoder_refuses_malformed_records_with_an_exception(encoders: tuple[Any, CallEncoder]) -> None:

@@ -43,7 +43,7 @@ def native() -> Any:
 
 def _tracing() -> Tracing:
     return Tracing(_Discard(), make_sampler("always_on", 1.0), names=semconv.V1_41, capture_content=False,
-                   defer_bodies=True, packed=True)
+                   defer_bodies=True, pack_call=NATIVE.pack_call if NATIVE is not None else None)
 
 
 plain = st.none() | st.booleans() | st.integers(-(2 ** 80), 2 ** 80) | st.floats(allow_nan=False) | st.text(max_size=6)

@@ -181,16 +181,30 @@ static int scan_value(Scan *s, int depth, Token *t) {
     }
 }
 
+/* Past a container's opening bracket; true when it is empty (and its closing bracket passed too). */
+static int opens_empty(Scan *s, unsigned char close) {
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* After an item: a comma (`*more` set) or the closing bracket; anything else is invalid. */
+static int separator(Scan *s, unsigned char close, int *more) {
+    skip_ws(s);
+    if (s->p >= s->end || (*s->p != ',' && *s->p != close)) return SCAN_INVALID;
+    *more = *s->p++ == ',';
+    return SCAN_OK;
+}
+
 /* An object (`s->p` at its brace) at nesting `depth`; `member`, if given, reads each value after its key. */
 static int scan_object(Scan *s, int depth, MemberFn member, void *ctx) {
     if (depth > MAX_DEPTH) return SCAN_FALLBACK;
-    s->p++;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == '}') {
-        s->p++;
-        return SCAN_OK;
-    }
-    for (;;) {
+    if (opens_empty(s, '}')) return SCAN_OK;
+    for (int more = 1; more;) {
         Token key, value;
         int status;
         skip_ws(s);
@@ -200,43 +214,20 @@ static int scan_object(Scan *s, int depth, MemberFn member, void *ctx) {
         if (s->p >= s->end || *s->p != ':') return SCAN_INVALID;
         s->p++;
         status = member ? member(s, depth, &key, ctx) : scan_value(s, depth, &value);
-        if (status != SCAN_OK) return status;
-        skip_ws(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            continue;
-        }
-        if (s->p < s->end && *s->p == '}') {
-            s->p++;
-            return SCAN_OK;
-        }
-        return SCAN_INVALID;
+        if (status != SCAN_OK || (status = separator(s, '}', &more)) != SCAN_OK) return status;
     }
+    return SCAN_OK;
 }
 
 static int scan_array(Scan *s, int depth, ElementFn element, void *ctx) {
     if (depth > MAX_DEPTH) return SCAN_FALLBACK;
-    s->p++;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == ']') {
-        s->p++;
-        return SCAN_OK;
-    }
-    for (;;) {
+    if (opens_empty(s, ']')) return SCAN_OK;
+    for (int more = 1; more;) {
         Token value;
         int status = element ? element(s, depth, ctx) : scan_value(s, depth, &value);
-        if (status != SCAN_OK) return status;
-        skip_ws(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            continue;
-        }
-        if (s->p < s->end && *s->p == ']') {
-            s->p++;
-            return SCAN_OK;
-        }
-        return SCAN_INVALID;
+        if (status != SCAN_OK || (status = separator(s, ']', &more)) != SCAN_OK) return status;
     }
+    return SCAN_OK;
 }
 
 /* The value of the member whose key was just read, when the caller wants to look inside an object or array. */

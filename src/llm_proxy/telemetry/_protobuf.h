@@ -86,7 +86,8 @@ int put_attribute_nested(Buf *b, const char *key, Py_ssize_t key_len, PyObject *
  * written in one pass. */
 int put_attribute(Buf *b, const char *key, Py_ssize_t key_len, PyObject *value, int skip_none);
 
-#define ATTRIBUTE(b, key, value, skip_none) put_attribute((b), (key), (Py_ssize_t)(sizeof(key) - 1), (value), (skip_none))
+#define ATTRIBUTE(b, key, value, skip_none) \
+    put_attribute((b), (key), (Py_ssize_t)(sizeof(key) - 1), (value), (skip_none))
 
 int put_named_attribute(Buf *b, PyObject *key, PyObject *value, int skip_none);
 

@@ -173,7 +173,7 @@ static PyObject *item(PyObject *dict, PyObject *key) {
 typedef struct {
     PyObject *ctx;
     long long end;
-    double now;
+    double now, started; /* time.time_ns() and time.monotonic() as the call ended; ctx.started */
 } Clock;
 
 /* `end - int((now - reading) * 1e9)`: a monotonic reading as ns since the epoch. */
@@ -184,11 +184,13 @@ static int epoch_ns(const Clock *clock, PyObject *reading, long long *out) {
     return 0;
 }
 
-static int put_span_times(Buf *o, const Clock *clock, PyObject *start, PyObject *finish, long long *start_ns) {
-    long long end_ns = clock->end;
-    if (epoch_ns(clock, start, start_ns) < 0 || (finish != Py_None && epoch_ns(clock, finish, &end_ns) < 0)) return -1;
-    if (put_fixed(o, 'i', (uint64_t)*start_ns) < 0) return -1;
-    return put_fixed(o, 'i', (uint64_t)(end_ns > *start_ns ? end_ns : *start_ns));
+/* A span's start and end (the call's end when `finish` is None), the end never before the start. */
+static int put_span_times(Buf *o, const Clock *clock, PyObject *start, PyObject *finish) {
+    long long start_ns, end_ns = clock->end;
+    if (epoch_ns(clock, start, &start_ns) < 0 || (finish != Py_None && epoch_ns(clock, finish, &end_ns) < 0))
+        return -1;
+    if (put_fixed(o, 'i', (uint64_t)start_ns) < 0) return -1;
+    return put_fixed(o, 'i', (uint64_t)(end_ns > start_ns ? end_ns : start_ns));
 }
 
 static int put_auth(Buf *o, const Clock *clock) {
@@ -196,12 +198,11 @@ static int put_auth(Buf *o, const Clock *clock) {
     PyObject *finished = started == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_auth_finished);
     PyObject *token = finished == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_token_id);
     PyObject *code = token == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_error_code);
-    long long start_ns;
     int result = -1;
     if (code != NULL) {
         if (started == Py_None) {
             result = put_value(o, Py_None, 1);
-        } else if (put_tag_u32(o, 't', 3) == 0 && put_span_times(o, clock, started, finished, &start_ns) == 0) {
+        } else if (put_tag_u32(o, 't', 3) == 0 && put_span_times(o, clock, started, finished) == 0) {
             int has_code = PyObject_IsTrue(code);
             result = has_code < 0 ? -1 : put_value(o, token != Py_None ? Py_None : has_code ? code : s_error, 1);
         }
@@ -213,20 +214,17 @@ static int put_auth(Buf *o, const Clock *clock) {
     return result;
 }
 
-
 /* The CLIENT span's part: (start, end, provider, model, seconds to the first chunk of a stream). */
 static int put_upstream(Buf *o, const Clock *clock, PyObject *m, PyObject *upstream_started, int streamed) {
     PyObject *finished = PyObject_GetAttr(clock->ctx, n_upstream_finished);
     PyObject *provider = finished == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_provider);
     PyObject *model = provider == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_model);
-    PyObject *started = model == NULL ? NULL : PyObject_GetAttr(clock->ctx, n_started);
-    PyObject *ttfb = started == NULL ? NULL : item(m, k_ttfb);
-    long long start_ns;
+    PyObject *ttfb = model == NULL ? NULL : item(m, k_ttfb);
     int result = -1;
-    if (ttfb != NULL && put_tag_u32(o, 't', 5) == 0 && put_span_times(o, clock, upstream_started, finished, &start_ns) == 0
+    if (ttfb != NULL && put_tag_u32(o, 't', 5) == 0 && put_span_times(o, clock, upstream_started, finished) == 0
         && put_value(o, provider, 1) == 0 && put_value(o, model, 1) == 0) {
         if (streamed && ttfb != Py_None) {
-            double first = PyFloat_AsDouble(started) + PyFloat_AsDouble(ttfb) - PyFloat_AsDouble(upstream_started);
+            double first = clock->started + PyFloat_AsDouble(ttfb) - PyFloat_AsDouble(upstream_started);
             result = PyErr_Occurred() ? -1 : put_double(o, first);
         } else {
             result = put_value(o, Py_None, 1);
@@ -235,7 +233,6 @@ static int put_upstream(Buf *o, const Clock *clock, PyObject *m, PyObject *upstr
     Py_XDECREF(finished);
     Py_XDECREF(provider);
     Py_XDECREF(model);
-    Py_XDECREF(started);
     return result;
 }
 
@@ -271,11 +268,12 @@ static int put_outcome(Buf *o, PyObject *trace, PyObject *m, PyObject *md, PyObj
     return put_value(o, Py_None, 1);
 }
 
-static int put_call(Buf *o, const Clock *clock, PyObject *trace, PyObject *m, PyObject *md, PyObject *stream,
+static int put_call(Buf *o, Clock *clock, PyObject *trace, PyObject *m, PyObject *md, PyObject *stream,
                     PyObject *upstream_started, PyObject *request, PyObject *response, int streamed) {
     PyObject *const head[2] = {k_method, k_path};
     long long started_ns;
     PyObject *started = PyObject_GetAttr(clock->ctx, n_started);
+    clock->started = started == NULL ? -1.0 : PyFloat_AsDouble(started);
     int failed = started == NULL || epoch_ns(clock, started, &started_ns) < 0;
     Py_XDECREF(started);
     if (failed || put_tag_u32(o, 't', 22) < 0) return -1;

@@ -16,18 +16,18 @@
 
 #define RECORD_FIELDS 22
 
-
 typedef struct {
     PyObject_HEAD
     Buf buf;
     PyObject *server_address, *server_port, *cache_write_name;
-    PyObject *operations, *providers, *parameters, *loads, *decode_error;
+    PyObject *operations, *providers, *loads, *decode_error;
     Parameters request_parameters;
     BodyNames body_names;
 } Encoder;
 
 /* Interned keys looked up in parsed bodies and written as attribute names. */
-static PyObject *s_response_id, *s_response_model, *s_finish_reasons, *s_input_messages, *s_output_messages;
+static PyObject *s_response_id, *s_response_model, *s_finish_reasons, *s_input_messages, *s_output_messages,
+    *s_auth;
 
 static int is_truthy(PyObject *value) { return value != Py_None && PyObject_IsTrue(value) == 1; }
 
@@ -39,8 +39,8 @@ static int put_server_span(Buf *b, PyObject *const *r, const char *ids) {
     if (span < 0 || put_times(b, r[5], r[6]) < 0 || put_trace_state(b, r[2]) < 0) return -1;
     int remote = is_truthy(parent);
     if (remote && (put(b, "\x22\x08", 2) < 0 || put_bytes_object(b, parent) < 0)) return -1;
-    if (put_joined_name_kind(b, method, path, 2) < 0 || ATTRIBUTE(b, "http.request.method", method, 1) < 0 || ATTRIBUTE(b, "url.path", path, 1) < 0
-        || ATTRIBUTE(b, "http.response.status_code", status, 1) < 0
+    if (put_joined_name_kind(b, method, path, 2) < 0 || ATTRIBUTE(b, "http.request.method", method, 1) < 0
+        || ATTRIBUTE(b, "url.path", path, 1) < 0 || ATTRIBUTE(b, "http.response.status_code", status, 1) < 0
         || ATTRIBUTE(b, "llm_proxy.project_id", r[12], 1) < 0 || ATTRIBUTE(b, "llm_proxy.token_id", r[13], 1) < 0
         || ATTRIBUTE(b, "llm_proxy.cache_status", r[14], 1) < 0)
         return -1;
@@ -69,11 +69,9 @@ static int unpack(PyObject *value, Py_ssize_t size, PyObject *const **items, con
 static int put_auth_span(Buf *b, PyObject *auth, const char *ids, PyObject *trace_state) {
     PyObject *const *a;
     if (unpack(auth, 3, &a, "auth") < 0) return -1;
-    static PyObject *auth_name;
-    if (auth_name == NULL && (auth_name = PyUnicode_InternFromString("llm_proxy.auth")) == NULL) return -1;
     Py_ssize_t span = begin_span(b, ids, ids + 32, 8);
     if (span < 0 || put_times(b, a[0], a[1]) < 0 || put_child_of(b, trace_state, ids + 16) < 0
-        || put_name_kind(b, auth_name, 1) < 0 || ATTRIBUTE(b, "error.type", a[2], 1) < 0
+        || put_name_kind(b, s_auth, 1) < 0 || ATTRIBUTE(b, "error.type", a[2], 1) < 0
         || put_tail(b, a[2] != Py_None, 0) < 0)
         return -1;
     return finish(b, span);
@@ -106,15 +104,17 @@ static int put_child_span(Buf *b, PyObject *child, const char *ids, PyObject *tr
     return finish(b, span);
 }
 
-/* The CLIENT span's attributes read from the bodies, merged over those the worker read early. */
+/* The CLIENT span's attributes read from the bodies, merged over those the worker read early: a dict, or
+ * None when there are none. */
 static PyObject *client_attributes(Encoder *self, PyObject *const *r) {
     PyObject *early = r[21];
-    if (!is_truthy(r[19]) && !is_truthy(r[20])) return Py_NewRef(early);
+    int has_bodies = is_truthy(r[19]) || is_truthy(r[20]);
+    if (!has_bodies && (early == Py_None || PyDict_CheckExact(early))) return Py_NewRef(early);
     PyObject *found = PyDict_New();
     if (found == NULL) return NULL;
     if (is_truthy(early) && PyDict_Update(found, early) < 0) goto error;
-    if (request_body_attributes(&self->request_parameters, &self->body_names, found, r[19]) < 0
-        || response_body_attributes(&self->body_names, found, r[20]) < 0)
+    if (has_bodies && (request_body_attributes(&self->request_parameters, &self->body_names, found, r[19]) < 0
+                       || response_body_attributes(&self->body_names, found, r[20]) < 0))
         goto error;
     return found;
 error:
@@ -204,28 +204,14 @@ static int is_unique_key(PyObject *key) {
         || (n == PyUnicode_GET_LENGTH(s_output_messages) && PyUnicode_Compare(key, s_output_messages) == 0);
 }
 
-/* The attributes read from the bodies; those that never repeat (otlp.attribute, not cached) write None as
- * "None", the others leave it out. */
+/* The attributes read from the bodies (a dict or None); those that never repeat (otlp.attribute, not cached)
+ * write None as "None", the others leave it out. */
 static int put_found(Buf *b, PyObject *found) {
-    if (!is_truthy(found)) return 0;
-    if (PyDict_CheckExact(found)) {
-        Py_ssize_t pos = 0;
-        PyObject *key, *value;
-        while (PyDict_Next(found, &pos, &key, &value)) {
-            if (put_named_attribute(b, key, value, !is_unique_key(key)) < 0) return -1;
-        }
-        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (found != Py_None && PyDict_Next(found, &pos, &key, &value)) {
+        if (put_named_attribute(b, key, value, !is_unique_key(key)) < 0) return -1;
     }
-    PyObject *items = PyMapping_Items(found);
-    if (items == NULL) return -1;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-        PyObject *const *pair = &PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 0);
-        if (put_named_attribute(b, pair[0], pair[1], !is_unique_key(pair[0])) < 0) {
-            Py_DECREF(items);
-            return -1;
-        }
-    }
-    Py_DECREF(items);
     return 0;
 }
 
@@ -292,13 +278,12 @@ static int Encoder_init(PyObject *op, PyObject *args, PyObject *kwargs) {
     Py_XSETREF(self->cache_write_name, Py_NewRef(cache_write));
     Py_XSETREF(self->operations, Py_NewRef(operations));
     Py_XSETREF(self->providers, Py_NewRef(providers));
-    Py_XSETREF(self->parameters, Py_NewRef(parameters));
     Py_XSETREF(self->loads, Py_NewRef(loads));
     Py_XSETREF(self->decode_error, Py_NewRef(decode_error));
     self->body_names = (BodyNames){.loads = self->loads, .decode_error = self->decode_error,
                                    .cache_write_name = self->cache_write_name, .response_id = s_response_id,
                                    .response_model = s_response_model, .finish_reasons = s_finish_reasons};
-    return parameters_init(&self->request_parameters, self->parameters);
+    return parameters_init(&self->request_parameters, parameters);
 }
 
 static int Encoder_traverse(PyObject *op, visitproc visit, void *arg) {
@@ -308,7 +293,6 @@ static int Encoder_traverse(PyObject *op, visitproc visit, void *arg) {
     Py_VISIT(self->cache_write_name);
     Py_VISIT(self->operations);
     Py_VISIT(self->providers);
-    Py_VISIT(self->parameters);
     Py_VISIT(self->loads);
     Py_VISIT(self->decode_error);
     return 0;
@@ -321,7 +305,6 @@ static int Encoder_clear(PyObject *op) {
     Py_CLEAR(self->cache_write_name);
     Py_CLEAR(self->operations);
     Py_CLEAR(self->providers);
-    Py_CLEAR(self->parameters);
     Py_CLEAR(self->loads);
     Py_CLEAR(self->decode_error);
     parameters_clear(&self->request_parameters);
@@ -354,7 +337,7 @@ static PyTypeObject EncoderType = {
 
 static PyMethodDef spans_functions[] = {
     {"pack", records_pack, METH_O,
-     PyDoc_STR("pack(records) -> bytes: call records (plain values, tuples, lists, dicts) for the exporter pipe.")},
+     PyDoc_STR("pack(record) -> bytes: a call record (plain values, tuples, lists, dicts) for the exporter pipe.")},
     {"unpack", records_unpack, METH_O,
      PyDoc_STR("unpack(data) -> the list of values packed one after another in data.")},
     {"pack_call", (PyCFunction)(void (*)(void))records_pack_call, METH_FASTCALL,
@@ -373,7 +356,7 @@ static int intern_all(void) {
     struct { PyObject **slot; const char *text; } strings[] = {
         {&s_response_id, "gen_ai.response.id"}, {&s_response_model, "gen_ai.response.model"},
         {&s_finish_reasons, "gen_ai.response.finish_reasons"}, {&s_input_messages, "gen_ai.input.messages"},
-        {&s_output_messages, "gen_ai.output.messages"},
+        {&s_output_messages, "gen_ai.output.messages"}, {&s_auth, "llm_proxy.auth"},
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         if (*strings[i].slot == NULL && (*strings[i].slot = PyUnicode_InternFromString(strings[i].text)) == NULL)

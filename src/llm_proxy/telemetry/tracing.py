@@ -80,14 +80,14 @@ class Tracing:
     """
 
     def __init__(self, exporter: SpanExporter[Any], sampler: Sampler, *, names: semconv.GenAiNames,
-                 capture_content: bool, defer_bodies: bool = False, packed: bool = False) -> None:
+                 capture_content: bool, defer_bodies: bool = False, pack_call: PackCall | None = None) -> None:
         self.exporter = exporter
         self.defer_bodies = defer_bodies
         """Leave the span attributes in the bodies to the encoder (it runs in another process), rather
         than read them here from the documents the endpoint parsed."""
-        self.pack_call: PackCall | None = NATIVE.pack_call if packed and NATIVE is not None and defer_bodies else None
-        """Records are packed in C for the exporter pipe (`_records.c`), built straight from the call (as
-        `_record` builds them) rather than as tuples then marshalled."""
+        self.pack_call = pack_call if defer_bodies else None
+        """`_spans.pack_call` when records are packed in C for the exporter pipe (`_records.c`): built straight
+        from the call, as `_record` builds them with deferred bodies, rather than as tuples then marshalled."""
         self.sampler = sampler
         self.names = names
         self.capture_content = capture_content
@@ -261,7 +261,7 @@ def build_tracing(settings: TracingSettings, upstream_url: str, exporter: SpanEx
         exporter = build_otlp_exporter(settings, upstream_url)
     return Tracing(exporter, make_sampler(settings.sampler, settings.sampler_arg),
                    names=semconv.names_for(settings.semconv_opt_in), capture_content=settings.capture_content,
-                   defer_bodies=in_child, packed=packed)
+                   defer_bodies=in_child, pack_call=NATIVE.pack_call if packed and NATIVE is not None else None)
 
 
 def build_otlp_exporter(settings: TracingSettings, upstream_url: str) -> OtlpHttpExporter[QueuedRecord]:
